@@ -1,0 +1,13 @@
+"""autofuse: an auto-tuner that makes ONNX models run faster through XLA."""
+from __future__ import annotations
+
+import jax
+
+# ONNX is strictly typed: int64 and float64 must stay 64-bit.
+jax.config.update("jax_enable_x64", True)
+
+from autofuse import ops  # noqa: E402,F401  (registers every lowering)
+from autofuse.errors import AutofuseError  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["AutofuseError", "__version__"]

@@ -1,0 +1,82 @@
+"""A settled Model compiled by XLA into one executable; weights are arguments."""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from autofuse.errors import AutofuseError, ShapeError
+from autofuse.ir import Model, TensorType
+from autofuse.lowering import evaluate
+
+
+class Executable:
+    """Compiles a settled model once and runs it on numpy inputs.
+
+    Weights are passed to XLA as arguments (placed on the device once), so
+    compile time does not grow with the size of the weights.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        compiler_options: Mapping[str, Any] | None = None,
+        device: jax.Device | None = None,
+    ) -> None:
+        self.model = model
+        self.compiler_options = dict(compiler_options or {})
+        self.device = device or jax.devices()[0]
+        graph = model.graph
+        self._input_specs = {}
+        for name in graph.inputs:
+            t = graph.type_of(name)
+            if not isinstance(t, TensorType) or not t.is_static:
+                raise ShapeError(f"{model.source}: input '{name}' has no static shape; settle the model first")
+            self._input_specs[name] = jax.ShapeDtypeStruct(tuple(t.shape), np.dtype(t.dtype))
+        self._weights = {k: jax.device_put(v, self.device) for k, v in model.weights.items()}
+        self._compiled = None
+        self.compile_seconds: float | None = None
+
+    def _function(self, weights: dict, inputs: dict) -> list:
+        return evaluate(self.model.graph, inputs, weights, source=self.model.source)
+
+    def lower(self) -> "jax.stages.Lowered":
+        """The jitted computation lowered to StableHLO (before XLA optimisation)."""
+        weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self._weights.items()}
+        return jax.jit(self._function).lower(weight_specs, self._input_specs)
+
+    def compile(self) -> "Executable":
+        """Compiles through XLA; records how long it took."""
+        if self._compiled is None:
+            start = time.perf_counter()
+            self._compiled = self.lower().compile(self.compiler_options or None)
+            self.compile_seconds = time.perf_counter() - start
+        return self
+
+    def optimized_hlo(self) -> str:
+        """The HLO text after XLA's optimisation passes."""
+        return self.compile()._compiled.as_text()
+
+    def run_device(self, inputs: Mapping[str, Any]) -> list[jax.Array]:
+        """Runs on the device and returns device arrays (for timing loops)."""
+        self.compile()
+        missing = set(self._input_specs) - set(inputs)
+        if missing:
+            raise AutofuseError(f"{self.model.source}: missing inputs {sorted(missing)}")
+        args = {}
+        for name, spec in self._input_specs.items():
+            value = np.asarray(inputs[name])
+            if value.shape != spec.shape:
+                raise ShapeError(
+                    f"{self.model.source}: input '{name}' has shape {list(value.shape)}, "
+                    f"the model was compiled for {list(spec.shape)}"
+                )
+            args[name] = value.astype(spec.dtype, copy=False)
+        return self._compiled(self._weights, args)
+
+    def __call__(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+        """Runs the model; returns its outputs as numpy arrays, in graph order."""
+        return [np.asarray(v) for v in self.run_device(inputs)]

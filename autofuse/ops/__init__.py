@@ -1,0 +1,14 @@
+"""Op lowerings, one module per family; importing this package registers them all."""
+from autofuse.ops import (  # noqa: F401  (imported for their registrations)
+    control,
+    elementwise,
+    nn,
+    quantization,
+    reduction,
+    sequence,
+    signal,
+    tensor,
+)
+from autofuse.ops.registry import Mapping, OpSpec, lookup, registered_ops
+
+__all__ = ["Mapping", "OpSpec", "lookup", "registered_ops"]

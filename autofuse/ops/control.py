@@ -1,0 +1,1 @@
+"""Op lowerings: control family (see registry.py for the conventions)."""

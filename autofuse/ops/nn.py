@@ -1,0 +1,1 @@
+"""Op lowerings: nn family (see registry.py for the conventions)."""

@@ -1,0 +1,1 @@
+"""Op lowerings: quantization family (see registry.py for the conventions)."""

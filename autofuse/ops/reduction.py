@@ -1,0 +1,1 @@
+"""Op lowerings: reduction family (see registry.py for the conventions)."""

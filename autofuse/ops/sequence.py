@@ -1,0 +1,1 @@
+"""Op lowerings: sequence family (see registry.py for the conventions)."""

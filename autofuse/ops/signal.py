@@ -1,0 +1,1 @@
+"""Op lowerings: signal family (see registry.py for the conventions)."""

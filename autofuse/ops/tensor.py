@@ -1,0 +1,1 @@
+"""Op lowerings: tensor family (see registry.py for the conventions)."""
