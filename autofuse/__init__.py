@@ -11,3 +11,7 @@ from autofuse.errors import AutofuseError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["AutofuseError", "__version__"]
+
+from autofuse.api import compile_model, example_inputs, import_onnx  # noqa: E402
+
+__all__ += ["compile_model", "example_inputs", "import_onnx"]

@@ -42,7 +42,7 @@ def read_model(path: str | os.PathLike, *, max_bytes: int = MAX_MODEL_BYTES) -> 
         raise ModelLoadError(f"{path}: the file parsed but holds no graph (truncated or not an ONNX model?)")
     base = path.resolve().parent
     _check_external_data(model, base, path)
-    return prepare_proto(model, source=str(path), external_base=base)
+    return prepare_proto(model, source=str(path), external_base=base, check_path=path)
 
 
 def read_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProto:
@@ -55,11 +55,19 @@ def read_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProto
 
 
 def prepare_proto(
-    model: onnx.ModelProto, *, source: str, external_base: Path | None = None
+    model: onnx.ModelProto,
+    *,
+    source: str,
+    external_base: Path | None = None,
+    check_path: Path | None = None,
 ) -> onnx.ModelProto:
-    """Checks, converts, inlines local functions, infers shapes, loads external data."""
+    """Checks, converts, inlines local functions, infers shapes, loads external data.
+
+    With `check_path` the checker reads the file itself, which resolves external
+    data against the model's folder and works past protobuf's 2 GiB limit.
+    """
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(check_path) if check_path else model)
     except onnx.checker.ValidationError as error:
         raise ModelLoadError(f"{source}: the ONNX checker rejects the model: {_first_line(error)}") from None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -1,0 +1,48 @@
+"""The public Python API; the CLI is a thin shell over these functions."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from autofuse.executable import Executable
+from autofuse.ir import Model
+from autofuse.settle import settle
+
+ModelRef = str | os.PathLike
+
+
+def resolve(model: ModelRef) -> Path:
+    """A model path, with zoo names such as 'zoo:resnet50' materialised first."""
+    from autofuse.datasets.zoo import resolve_model
+
+    return resolve_model(str(model))
+
+
+def import_onnx(model: ModelRef, *, shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
+    """Reads an ONNX file (or zoo name), folds constants and types every value."""
+    from autofuse.frontend import import_model, read_model
+
+    path = resolve(model)
+    return settle(import_model(read_model(path), source=str(model)), shapes)
+
+
+def compile_model(
+    model: ModelRef | Model,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> Executable:
+    """Compiles a model through XLA (no tuning) into a callable executable."""
+    if not isinstance(model, Model):
+        model = import_onnx(model, shapes=shapes)
+    return Executable(model, compiler_options=compiler_options).compile()
+
+
+def example_inputs(model: Model, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs that fit the model's input types."""
+    from autofuse.datasets.zoo import example_inputs as zoo_inputs
+
+    return zoo_inputs(model, seed=seed)
