@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--ops", default="", help="comma-separated op types (default: all cases)")
     parser.add_argument("--show-failures", action="store_true")
+    parser.add_argument("--write-known-failures", metavar="FILE",
+                        help="write the failing case names (with the reason) to FILE")
     args = parser.parse_args(argv)
     cases = collect_cases()
     if args.ops:
@@ -121,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             if not r.passed:
                 print(f"FAIL {r.name}: {r.error}")
+    if args.write_known_failures:
+        with open(args.write_known_failures, "w") as out:
+            out.write("# onnx node test cases autofuse fails today: case name, then the reason.\n")
+            out.write("# Regenerate with: python -m autofuse.conformance --write-known-failures FILE\n")
+            for r in sorted(results, key=lambda r: r.name):
+                if not r.passed:
+                    out.write(f"{r.name}  {r.error}\n")
     by_op = collections.Counter(r.op_type for r in passed)
     modes = collections.Counter(r.mode for r in passed)
     print(f"per op: {dict(sorted(by_op.items()))}")

@@ -29,3 +29,11 @@ def tiny_model_path(tmp_path):
     path = tmp_path / "tiny.onnx"
     onnx.save(model, path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Prints the conformance count at the end of every run that computed it."""
+    import test_conformance
+
+    for line in test_conformance.SUMMARY:
+        terminalreporter.write_line(line)
