@@ -1,7 +1,9 @@
 """Op lowerings, one module per family; importing this package registers them all."""
 from autofuse.ops import (  # noqa: F401  (imported for their registrations)
+    attention,
     control,
     elementwise,
+    image,
     nn,
     quantization,
     reduction,

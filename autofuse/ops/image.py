@@ -1,0 +1,1 @@
+"""Image ops: Resize, Upsample, GridSample, AffineGrid, RoiAlign."""
