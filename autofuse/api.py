@@ -21,12 +21,16 @@ def resolve(model: ModelRef) -> Path:
     return resolve_model(str(model))
 
 
-def import_onnx(model: ModelRef, *, shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
-    """Reads an ONNX file (or zoo name), folds constants and types every value."""
+def read_onnx(model: ModelRef) -> Model:
+    """Reads and checks an ONNX file (or zoo name) into the IR, as written."""
     from autofuse.frontend import import_model, read_model
 
-    path = resolve(model)
-    return settle(import_model(read_model(path), source=str(model)), shapes)
+    return import_model(read_model(resolve(model)), source=str(model))
+
+
+def import_onnx(model: ModelRef, *, shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
+    """Reads an ONNX file (or zoo name), folds constants and types every value."""
+    return settle(read_onnx(model), shapes)
 
 
 def compile_model(

@@ -91,6 +91,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from autofuse.api import read_onnx
+    from autofuse.fusion.summary import summarize
+    from autofuse.settle import settle
+
+    raw = read_onnx(args.model)
+    summary, _ = summarize(settle(raw, _parse_shapes(args.shape)), len(raw.graph.nodes),
+                           count_kernels=not args.no_compile)
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return 0
+    print(f"{args.model}: {summary.onnx_ops} ONNX ops, {summary.compute_ops} after folding constants")
+    print("ops per mapping type: " + ", ".join(f"{k} {v}" for k, v in summary.ops_per_mapping.items()))
+    print(f"fused groups: {len(summary.groups)}  (fusion rate {summary.fusion_rate:.2f} ONNX ops per group)")
+    for k, (group, kind) in enumerate(zip(summary.groups, summary.group_types)):
+        print(f"  [{k}] {kind:<13} " + " + ".join(group))
+    if summary.kernels_plan is not None:
+        print(f"compiled kernels: plan {summary.kernels_plan}, XLA's own fusion {summary.kernels_xla}, "
+              f"op by op {summary.kernels_op_by_op}")
+    print(f"yellow decisions ({len(summary.yellow_decisions)}, left to the search; default shown):")
+    for d in summary.yellow_decisions:
+        print(f"  {d['key']}  {d['edge']}  {'fuse' if d['fuse'] else 'split'}")
+    return 0
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
     from autofuse.conformance import main
 
@@ -148,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print results as JSON")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)
+
+    analyze = sub.add_parser("analyze", help="DNNFusion analysis: mapping types, fusion plan, kernel counts")
+    analyze.add_argument("model", help="an .onnx file or a zoo name")
+    analyze.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    analyze.add_argument("--no-compile", action="store_true", help="skip compiling (no kernel counts)")
+    add_model_options(analyze)
+    analyze.set_defaults(func=cmd_analyze)
 
     conf = sub.add_parser("conformance", help="run the onnx package's node test cases and print the count")
     conf.add_argument("--show-failures", action="store_true")

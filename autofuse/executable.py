@@ -25,8 +25,10 @@ class Executable:
         *,
         compiler_options: Mapping[str, Any] | None = None,
         device: jax.Device | None = None,
+        barriers: frozenset[str] = frozenset(),
     ) -> None:
         self.model = model
+        self.barriers = frozenset(barriers)
         self.compiler_options = dict(compiler_options or {})
         self.device = device or jax.devices()[0]
         graph = model.graph
@@ -41,7 +43,7 @@ class Executable:
         self.compile_seconds: float | None = None
 
     def _function(self, weights: dict, inputs: dict) -> list:
-        return evaluate(self.model.graph, inputs, weights, source=self.model.source)
+        return evaluate(self.model.graph, inputs, weights, source=self.model.source, barriers=self.barriers)
 
     def lower(self) -> "jax.stages.Lowered":
         """The jitted computation lowered to StableHLO (before XLA optimisation)."""

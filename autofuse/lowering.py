@@ -117,8 +117,13 @@ def evaluate(
     record: Recorder | None = None,
     source: str = "",
     fold: bool = True,
+    barriers: frozenset[str] = frozenset(),
 ) -> list[Any]:
-    """Evaluates `graph` on named inputs and weights; returns its outputs in order."""
+    """Evaluates `graph` on named inputs and weights; returns its outputs in order.
+
+    Values named in `barriers` pass through `jax.lax.optimization_barrier`, so XLA
+    cannot fuse their producer with their consumers (a fusion plan's boundaries).
+    """
     env: dict[str, Any] = dict(outer or {})
     env.update(graph.constant_map)
     env.update(weights or {})
@@ -127,6 +132,8 @@ def evaluate(
         outputs = apply_node(node, graph, env, source=source, fold=fold)
         for name, value in zip(node.outputs, outputs):
             if name:
+                if name in barriers and not is_concrete(value):
+                    value = jax.lax.optimization_barrier(value)
                 env[name] = value
                 if record is not None:
                     record(name, value)
