@@ -59,12 +59,14 @@ class AutofuseRep(BackendRep):
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         named = self._name_inputs(inputs)
         try:
+            if any(not isinstance(self.model.graph.type_of(k), TensorType) for k in named):
+                raise ShapeError("sequence and optional inputs run op by op")
             executable = self._executable(named)
             self.last_mode = JIT
             return tuple(executable({k: v for k, v in named.items() if k not in self.static_names}))
         except (ShapeError, LoweringError):
             self.last_mode = EAGER
-            outputs = evaluate(self.model.graph, {k: np.asarray(v) for k, v in named.items()},
+            outputs = evaluate(self.model.graph, {k: _to_host(v) for k, v in named.items()},
                                self.model.weights, source=self.model.source)
             return tuple(_to_host(v) for v in outputs)
 
