@@ -81,4 +81,4 @@ class Executable:
 
     def __call__(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
         """Runs the model; returns its outputs as numpy arrays, in graph order."""
-        return [np.asarray(v) for v in self.run_device(inputs)]
+        return [jax.tree_util.tree_map(np.asarray, v) for v in self.run_device(inputs)]  # sequences stay lists
