@@ -139,6 +139,7 @@ for _name, _reducer, _since in (
     ("ReduceSumSquare", _sum_square, 18),
 ):
     _register_reduce(_name, _reducer, _since)
+del _name, _reducer, _since
 
 
 # -------------------------------------------------------- ArgMax / ArgMin ---
@@ -279,6 +280,6 @@ def negative_log_likelihood_loss(ctx: Ctx, x, target, weight=None):
 def softmax_cross_entropy_loss(ctx: Ctx, scores, labels, weights=None):
     log_prob = jax.nn.log_softmax(jnp.asarray(scores), axis=1)
     loss = _nll(ctx, log_prob, labels, weights)
-    if len([o for o in ctx.node.outputs]) > 1:
+    if len(ctx.node.outputs) > 1:  # the optional log_prob output
         return loss, log_prob
     return loss
