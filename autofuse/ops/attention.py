@@ -101,6 +101,11 @@ def _attention_bias(ctx: Ctx, q_dtype, q_len: int, kv_len: int, mask, past_len, 
     return bias
 
 
+def _compute_dtype(dtype) -> np.dtype:
+    """float64 for float64 data, else float32 (16-bit floats accumulate in float32)."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
 def _softcap(x: jax.Array, cap: float) -> jax.Array:
     if cap > 0:
         c = jnp.asarray(cap, x.dtype)
@@ -201,3 +206,112 @@ def swiglu(ctx: Ctx, a, b):
     alpha = jnp.asarray(float(ctx.attr("alpha", 1.0)), a.dtype)
     gate = jax.nn.sigmoid(alpha * a).astype(a.dtype)
     return (a * gate * b).astype(a.dtype)
+
+
+# ----------------------------------------------------------------- FlexAttention
+
+
+def _flex_softmax_dtype(dtype, precision) -> np.dtype:
+    """Softmax precision: the attribute, else float32 for 16-bit inputs, else the input type."""
+    if precision is not None:
+        return to_numpy_dtype(precision)
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
+
+
+def _run_mod(ctx: Ctx, graph, value: jax.Array) -> jax.Array:
+    """Runs a one-in, one-out score_mod / prob_mod subgraph, keeping the dtype."""
+    (out,) = ctx.run_subgraph(graph, [value])
+    return jnp.asarray(out).astype(value.dtype)
+
+
+@op("FlexAttention", mapping=MANY_TO_MANY, domain="ai.onnx.preview")
+def flex_attention(ctx: Ctx, q, k, v):
+    """Attention whose scores and probabilities pass through optional subgraphs."""
+    scale = ctx.attr("scale", None)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[3])
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = jnp.repeat(k, groups, axis=1), jnp.repeat(v, groups, axis=1)
+    root = jnp.asarray(np.sqrt(np.float32(scale)), q.dtype)
+    scores = jnp.matmul(q * root, jnp.swapaxes(k * root, -1, -2))
+    cdtype = _flex_softmax_dtype(q.dtype, ctx.attr("softmax_precision", None))
+    scores = scores.astype(cdtype)
+    score_mod = ctx.attr("score_mod", None)
+    if score_mod is not None:
+        scores = _run_mod(ctx, score_mod, scores)
+    e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    probs = e / jnp.sum(e, axis=-1, keepdims=True)
+    prob_mod = ctx.attr("prob_mod", None)
+    if prob_mod is not None:
+        probs = _run_mod(ctx, prob_mod, probs)
+    return jnp.matmul(probs, v.astype(cdtype)).astype(v.dtype)
+
+
+# ----------------------------------------------------------------- LinearAttention
+
+
+def _per_head(x: jax.Array, heads: int) -> jax.Array:
+    """(B, T, H*X) -> (B, H, T, X) in float32 (X may be 1 for per-head scalars)."""
+    return _split_heads(x, heads).astype(jnp.float32)
+
+
+@op("LinearAttention", mapping=MANY_TO_MANY, since=27)
+def linear_attention(ctx: Ctx, query, key, value, past_state=None, decay=None, beta=None):
+    """Recurrent linear attention (linear / gated / delta / gated_delta state updates)."""
+    rule = ctx.attr("update_rule", "gated_delta")
+    rule = rule.decode() if isinstance(rule, bytes) else rule
+    q_heads, kv_heads = int(ctx.attr("q_num_heads")), int(ctx.attr("kv_num_heads"))
+    b, t, _ = query.shape
+    d_k = query.shape[-1] // q_heads
+    d_v = value.shape[-1] // kv_heads
+    q4, k4, v4 = _per_head(query, q_heads), _per_head(key, kv_heads), _per_head(value, kv_heads)
+    gate = None if decay is None else _per_head(decay, kv_heads)
+    mix = None if beta is None else _per_head(beta, beta.shape[-1])
+    if past_state is not None:
+        state0, state_dtype = past_state.astype(jnp.float32), past_state.dtype
+    else:
+        state0, state_dtype = jnp.zeros((b, kv_heads, d_k, d_v), jnp.float32), query.dtype
+    scale = ctx.attr("scale", None)
+    scale = 1.0 / math.sqrt(d_k) if not scale else float(scale)
+    groups = q_heads // kv_heads
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+
+    def step(state, i):
+        k_t, v_t, q_t = k4[:, :, i], v4[:, :, i], q4[:, :, i]
+        if gating:
+            state = state * jnp.exp(gate[:, :, i])[..., None]
+        if delta:
+            v_t = mix[:, :, i] * (v_t - jnp.einsum("bhdm,bhd->bhm", state, k_t))
+        state = state + k_t[..., :, None] * v_t[..., None, :]
+        read = jnp.repeat(state, groups, axis=1) if groups > 1 else state
+        return state, scale * jnp.einsum("bhd,bhdm->bhm", q_t, read)
+
+    state, outs = jax.lax.scan(step, state0, jnp.arange(t))  # outs: (T, B, Hq, d_v)
+    y = jnp.reshape(jnp.transpose(outs, (1, 0, 2, 3)), (b, t, q_heads * d_v))
+    return y.astype(query.dtype), state.astype(state_dtype)
+
+
+# ----------------------------------------------------------------- CausalConvWithState
+
+
+@op("CausalConvWithState", mapping=MANY_TO_MANY, since=27)
+def causal_conv_with_state(ctx: Ctx, x, weight, bias=None, past_state=None):
+    """Depthwise causal 1-D conv over [past_state, x]; returns (y, the last k-1 inputs)."""
+    batch, channels, length = x.shape
+    k = weight.shape[2]
+    if past_state is None:
+        past_state = jnp.zeros((batch, channels, k - 1), x.dtype)
+    padded = jnp.concatenate([past_state.astype(x.dtype), x], axis=2)
+    wide = padded.astype(_compute_dtype(x.dtype))
+    w = weight.astype(wide.dtype)
+    y = sum(wide[:, :, j:j + length] * w[None, :, 0, j:j + 1] for j in range(k))
+    if bias is not None:
+        y = y + bias.astype(wide.dtype)[None, :, None]
+    y = y.astype(x.dtype)
+    activation = ctx.attr("activation", "none")
+    activation = activation.decode() if isinstance(activation, bytes) else activation
+    if activation in ("silu", "swish"):
+        f = y.astype(jnp.float32)
+        y = (f * jax.nn.sigmoid(f)).astype(x.dtype)
+    return y, padded[:, :, padded.shape[2] - (k - 1):]
