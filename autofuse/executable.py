@@ -12,6 +12,15 @@ from autofuse.ir import Model, TensorType
 from autofuse.lowering import evaluate
 
 
+# XLA turns optimization barriers into no-ops before fusion unless this pass is off.
+BARRIER_EXPANDER_PASS = "cse_barrier_expander"
+
+
+def _keep_barriers(disabled: str) -> str:
+    passes = [p for p in disabled.split(",") if p]
+    return ",".join(passes + [BARRIER_EXPANDER_PASS] if BARRIER_EXPANDER_PASS not in passes else passes)
+
+
 class Executable:
     """Compiles a settled model once and runs it on numpy inputs.
 
@@ -30,6 +39,9 @@ class Executable:
         self.model = model
         self.barriers = frozenset(barriers)
         self.compiler_options = dict(compiler_options or {})
+        if self.barriers:
+            self.compiler_options["xla_disable_hlo_passes"] = _keep_barriers(
+                self.compiler_options.get("xla_disable_hlo_passes", ""))
         self.device = device or jax.devices()[0]
         graph = model.graph
         self._input_specs = {}
