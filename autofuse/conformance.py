@@ -63,6 +63,13 @@ def assert_close(expected: Any, actual: Any, rtol: float, atol: float) -> None:
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
+def _from_proto(value: Any) -> Any:
+    """A TensorProto (how cases give float8/int4/... data) as numpy, like the onnx runner loads it."""
+    from onnx import TensorProto, numpy_helper
+
+    return numpy_helper.to_array(value) if isinstance(value, TensorProto) else value
+
+
 def run_case(case: Any) -> CaseResult:
     """Prepares and runs one case on every data set; never raises."""
     from autofuse import backend
@@ -74,6 +81,7 @@ def run_case(case: Any) -> CaseResult:
             warnings.simplefilter("ignore")
             rep = backend.prepare(case.model)
             for inputs, expected in case.data_sets:
+                inputs, expected = [_from_proto(v) for v in inputs], [_from_proto(v) for v in expected]
                 outputs = rep.run(inputs)
                 mode = rep.last_mode if mode in (None, "jit") else mode
                 if len(outputs) != len(expected):
