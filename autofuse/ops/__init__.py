@@ -6,6 +6,7 @@ from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     image,
     nn,
     quantization,
+    recurrent,
     reduction,
     sequence,
     signal,
