@@ -27,8 +27,11 @@ def _text(value, default: str) -> str:
 
 
 def _compute_dtype(dtype) -> np.dtype:
-    """The float type interpolation runs in: float64 for float64 data, else float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+    """The float type interpolation runs in: float64 for float64 and integer data
+    (so rounding back to integers matches the float64 reference), else float32."""
+    dtype = np.dtype(dtype)
+    wide = dtype == np.float64 or np.issubdtype(dtype, np.integer)
+    return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 
 def _saturate(y: jax.Array, dtype) -> jax.Array:
