@@ -6,6 +6,7 @@ from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     image,
     nn,
     quantization,
+    classic_ml,
     recurrent,
     reduction,
     sequence,
