@@ -61,6 +61,8 @@ class AutofuseRep(BackendRep):
         try:
             if any(not isinstance(self.model.graph.type_of(k), TensorType) for k in named):
                 raise ShapeError("sequence and optional inputs run op by op")
+            if any(getattr(self.model.graph.type_of(k), "dtype", None) == "object" for k in (*named, *self.model.graph.outputs)):
+                raise ShapeError("string tensors run op by op")
             executable = self._executable(named)
             self.last_mode = JIT
             return tuple(executable({k: v for k, v in named.items() if k not in self.static_names}))
