@@ -1,12 +1,12 @@
 """Op lowerings, one module per family; importing this package registers them all."""
 from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     attention,
+    classic_ml,
     control,
     elementwise,
     image,
     nn,
     quantization,
-    classic_ml,
     recurrent,
     reduction,
     sequence,

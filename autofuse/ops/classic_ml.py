@@ -96,7 +96,7 @@ def _key(ctx: Ctx):
     seed = ctx.attr("seed", None)
     if seed is None:
         seed = np.random.randint(0, 2**31 - 1)
-    return jax.random.key(int(np.float32(seed).view(np.int32)) if isinstance(seed, float) else int(seed))
+    return jax.random.key(int(seed))
 
 
 def _random_dtype(ctx: Ctx, like=None) -> np.dtype:
@@ -377,3 +377,92 @@ def label_encoder(ctx: Ctx, x):
     if np.dtype(out_dtype) == object:
         return _string_array(flat, x.shape)
     return np.asarray(flat, dtype=out_dtype).reshape(x.shape)
+
+
+def _tree_condition(mode, value, split, member):
+    """Each node's branch test (ONNX TreeEnsemble modes 0..6) for one feature value."""
+    return jnp.select(
+        [mode == 0, mode == 1, mode == 2, mode == 3, mode == 4, mode == 5],
+        [value <= split, value < split, value >= split, value > split, value == split, value != split],
+        jnp.any(value[..., None] == member, axis=-1),
+    )
+
+
+def _post_transform(scores, kind: int):
+    if kind == 1:
+        return jax.nn.softmax(scores, axis=-1)
+    if kind == 2:
+        return jax.nn.sigmoid(scores)
+    if kind == 3:  # softmax that leaves all-zero rows at zero
+        e = jnp.where(scores == 0, 0, jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)))
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        return jnp.where(total == 0, 0, e / jnp.where(total == 0, 1, total))
+    if kind == 4:
+        return jnp.sqrt(2.0).astype(scores.dtype) * jax.scipy.special.erfinv(2 * scores - 1)
+    return scores
+
+
+def _membership_table(ctx: Ctx, modes: np.ndarray) -> np.ndarray:
+    """Per node, its BRANCH_MEMBER values padded with NaN (NaN separates sets)."""
+    values = _attr_array(ctx, ("membership_values",))
+    sets: list[list[float]] = []
+    if values is not None:
+        current: list[float] = []
+        for v in values.reshape(-1).tolist():
+            if np.isnan(v):
+                sets.append(current)
+                current = []
+            else:
+                current.append(v)
+        if current:
+            sets.append(current)
+    table = np.full((len(modes), max([len(s) for s in sets] + [1])), np.nan)
+    member_nodes = [i for i, m in enumerate(modes) if m == 6]
+    for node, values_set in zip(member_nodes, sets):
+        table[node, :len(values_set)] = values_set
+    return table
+
+
+@op("TreeEnsemble", mapping=MANY_TO_MANY, domain=ML, since=5)
+def tree_ensemble(ctx: Ctx, x):
+    ints = lambda name: jnp.asarray(np.asarray(ctx.attr(name, None) or (), np.int64))  # noqa: E731
+    x = jnp.asarray(x)
+    modes_np = _attr_array(ctx, ("nodes_modes",)).reshape(-1).astype(np.int64)
+    modes = jnp.asarray(modes_np)
+    splits = jnp.asarray(_attr_array(ctx, ("nodes_splits",)).reshape(-1)).astype(x.dtype)
+    member = jnp.asarray(_membership_table(ctx, modes_np)).astype(x.dtype)
+    features, true_ids, false_ids = ints("nodes_featureids"), ints("nodes_truenodeids"), ints("nodes_falsenodeids")
+    true_leaf, false_leaf = ints("nodes_trueleafs").astype(bool), ints("nodes_falseleafs").astype(bool)
+    missing = ints("nodes_missing_value_tracks_true")
+    missing = missing.astype(bool) if missing.size else jnp.zeros(modes.shape, bool)
+    roots = np.asarray(ctx.attr("tree_roots"), np.int64)
+    targets = ints("leaf_targetids")
+    weights = jnp.asarray(_attr_array(ctx, ("leaf_weights",)).reshape(-1)).astype(x.dtype)
+    n_targets = int(ctx.attr("n_targets"))
+    samples = x.shape[0]
+    index = jnp.broadcast_to(jnp.asarray(roots)[None, :], (samples, len(roots)))
+    at_leaf = jnp.zeros(index.shape, bool)
+
+    def step(_, carry):
+        index, at_leaf = carry
+        value = jnp.take_along_axis(x, features[index], axis=1)
+        go_true = _tree_condition(modes[index], value, splits[index], member[index])
+        go_true = jnp.where(jnp.isnan(value), missing[index], go_true)
+        new_index = jnp.where(go_true, true_ids[index], false_ids[index])
+        new_leaf = jnp.where(go_true, true_leaf[index], false_leaf[index])
+        return jnp.where(at_leaf, index, new_index), at_leaf | new_leaf
+
+    index, _ = jax.lax.fori_loop(0, len(modes_np), step, (index, at_leaf))
+    contrib = weights[index]  # [N, trees]
+    onehot = targets[index][..., None] == jnp.arange(n_targets)  # [N, trees, T]
+    aggregate = int(ctx.attr("aggregate_function", 1))
+    if aggregate in (2, 3):
+        fill = jnp.asarray(np.inf if aggregate == 2 else -np.inf, x.dtype)
+        spread = jnp.where(onehot, contrib[..., None], fill)
+        scores = spread.min(axis=1) if aggregate == 2 else spread.max(axis=1)
+        scores = jnp.where(jnp.isinf(scores), 0, scores)
+    else:
+        scores = jnp.sum(jnp.where(onehot, contrib[..., None], 0), axis=1)
+        if aggregate == 0:
+            scores = scores / len(roots)
+    return _post_transform(scores, int(ctx.attr("post_transform", 0))).astype(x.dtype)
