@@ -18,6 +18,12 @@ _QK_AFTER_SOFTMAX = 3
 # ----------------------------------------------------------------- helpers
 
 
+def _str_attr(ctx: Ctx, name: str, default: str) -> str:
+    """A string attribute as str (the frontend may hand over bytes)."""
+    value = ctx.attr(name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _split_heads(x: jax.Array, heads: int) -> jax.Array:
     """(batch, seq, heads * size) -> (batch, heads, seq, size)."""
     b, s, hidden = x.shape
@@ -259,8 +265,7 @@ def _per_head(x: jax.Array, heads: int) -> jax.Array:
 @op("LinearAttention", mapping=MANY_TO_MANY, since=27)
 def linear_attention(ctx: Ctx, query, key, value, past_state=None, decay=None, beta=None):
     """Recurrent linear attention (linear / gated / delta / gated_delta state updates)."""
-    rule = ctx.attr("update_rule", "gated_delta")
-    rule = rule.decode() if isinstance(rule, bytes) else rule
+    rule = _str_attr(ctx, "update_rule", "gated_delta")
     q_heads, kv_heads = int(ctx.attr("q_num_heads")), int(ctx.attr("kv_num_heads"))
     b, t, _ = query.shape
     d_k = query.shape[-1] // q_heads
@@ -309,8 +314,7 @@ def causal_conv_with_state(ctx: Ctx, x, weight, bias=None, past_state=None):
     if bias is not None:
         y = y + bias.astype(wide.dtype)[None, :, None]
     y = y.astype(x.dtype)
-    activation = ctx.attr("activation", "none")
-    activation = activation.decode() if isinstance(activation, bytes) else activation
+    activation = _str_attr(ctx, "activation", "none")
     if activation in ("silu", "swish"):
         f = y.astype(jnp.float32)
         y = (f * jax.nn.sigmoid(f)).astype(x.dtype)

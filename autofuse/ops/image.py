@@ -351,7 +351,6 @@ def _grid_taps(coord: jax.Array, size: int, mode: str, padding: str, lo: float, 
             i = jnp.clip(i, 0, size - 1)
         elif padding == "reflection":
             i = _reflect(i.astype(coord.dtype), lo, hi).astype(jnp.int32)
-            i = jnp.clip(i, 0, size - 1)
         taps.append((jnp.clip(i, 0, size - 1), w, valid))
     return taps
 
@@ -359,8 +358,8 @@ def _grid_taps(coord: jax.Array, size: int, mode: str, padding: str, lo: float, 
 @op("GridSample", mapping=MANY_TO_MANY, since=16)
 def grid_sample(ctx: Ctx, x, grid):
     """Samples x at normalised grid locations (N-D; nearest/linear/cubic; zeros/border/reflection)."""
-    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(_text(ctx.attr("mode"), "linear"),
-                                                         _text(ctx.attr("mode"), "linear"))
+    mode = _text(ctx.attr("mode"), "linear")
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)  # opset 16 names
     padding = _text(ctx.attr("padding_mode"), "zeros")
     align = bool(ctx.attr("align_corners", 0))
     dims = x.shape[2:]
