@@ -1,8 +1,10 @@
 """Elementwise ops: unary math, binary arithmetic, comparisons, logic, activations, casts.
 
-Most ops are one jnp call; they are registered from small tables below. Ops whose
-semantics changed across opsets (legacy `broadcast`/`axis` before opset 7, Clip's
-attributes before 11, Cast's string `to` before 6) read `ctx.opset` themselves.
+Most ops are one jnp call; they are registered from small tables below. The frontend
+converts models older than opset 7 (legacy `broadcast`/`axis`, Cast's string `to`),
+so only later changes matter here: Clip's min/max moved from attributes to inputs
+in opset 11 (read from `ctx.opset`), Pow's exponent may have another dtype from 12,
+Cast gained `saturate` in 19 and `round_mode` in 24 (attributes with defaults).
 """
 from __future__ import annotations
 
@@ -37,20 +39,6 @@ def _is_int(x: Any) -> bool:
     return np.issubdtype(dtype, np.integer) or dtype.name in ("int4", "uint4", "int2", "uint2")
 
 
-def _legacy_broadcast(ctx: Ctx, a: Any, b: Any) -> Any:
-    """Before opset 7, `broadcast=1` aligned `b` with `a` starting at `axis`."""
-    if ctx.opset >= 7 or not ctx.attr("broadcast", 0):
-        return b
-    a_rank, b_rank = len(a.shape), len(b.shape)
-    if b_rank == 0 or b_rank >= a_rank:
-        return b
-    axis = ctx.attr("axis", a_rank - b_rank)
-    axis = axis + a_rank if axis < 0 else axis
-    shape = [1] * a_rank
-    shape[axis:axis + b_rank] = b.shape
-    return jnp.reshape(b, shape)
-
-
 def _unary(fn: Callable[[Any], Any]) -> Callable[..., Any]:
     def lower(ctx: Ctx, x):
         return fn(x)
@@ -61,7 +49,7 @@ def _unary(fn: Callable[[Any], Any]) -> Callable[..., Any]:
 
 def _binary(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     def lower(ctx: Ctx, a, b):
-        return fn(a, _legacy_broadcast(ctx, a, b))
+        return fn(a, b)
 
     lower.__doc__ = f"Broadcasting {getattr(fn, '__name__', 'op')}."
     return lower
@@ -150,7 +138,6 @@ for _name, _fn in _BINARY.items():
 @op("Div", mapping=ONE_TO_MANY)
 def div(ctx: Ctx, a, b):
     """True division for floats; integers truncate toward zero (C semantics)."""
-    b = _legacy_broadcast(ctx, a, b)
     if _is_int(a):
         a, b = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b, a.dtype))
         return jax.lax.div(a, b)
@@ -168,7 +155,6 @@ def mod(ctx: Ctx, a, b):
 @op("Pow", mapping=ONE_TO_MANY)
 def pow_(ctx: Ctx, a, b):
     """a ** b in a's dtype; the exponent may have another dtype (opset 12+)."""
-    b = _legacy_broadcast(ctx, a, b)
     a_dtype = np.dtype(a.dtype)
     if _is_int(a) and _is_int(b):
         return jnp.power(a, jnp.asarray(b).astype(a_dtype))
@@ -377,21 +363,6 @@ _FLOAT8 = {np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3f
                                  ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz)}
 _E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
 _SUB_BYTE_INT = {np.dtype(t) for t in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2)}
-# Opset 1 named the target type with a string.
-_TYPE_NAMES = {
-    "FLOAT": 1, "UINT8": 2, "INT8": 3, "UINT16": 4, "INT16": 5, "INT32": 6, "INT64": 7,
-    "STRING": 8, "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13,
-    "COMPLEX64": 14, "COMPLEX128": 15, "BFLOAT16": 16,
-}
-
-
-def _target_dtype(to: Any) -> np.dtype:
-    """The numpy dtype of Cast's `to` (an ONNX type number, or a name before opset 6)."""
-    if isinstance(to, bytes):
-        to = to.decode()
-    if isinstance(to, str):
-        to = _TYPE_NAMES[to.upper()]
-    return to_numpy_dtype(to)
 
 
 def _to_e8m0(x: Any, saturate: bool, round_mode: str) -> jax.Array:
@@ -451,7 +422,7 @@ def _cast(ctx: Ctx, x: Any, to: np.dtype, saturate: bool = True, round_mode: str
 @op("Cast", mapping=ONE_TO_ONE)
 def cast(ctx: Ctx, x):
     """Converts to the `to` type; `saturate` (opset 19+) and `round_mode` (24+) refine it."""
-    return _cast(ctx, x, _target_dtype(ctx.attr("to")), bool(ctx.attr("saturate", 1)),
+    return _cast(ctx, x, to_numpy_dtype(ctx.attr("to")), bool(ctx.attr("saturate", 1)),
                  ctx.attr("round_mode", "up"))
 
 
@@ -465,7 +436,7 @@ def cast_like(ctx: Ctx, x, like):
 @op("BitCast", mapping=ONE_TO_ONE)
 def bit_cast(ctx: Ctx, x):
     """Reinterprets the bits as another type of the same width."""
-    to = _target_dtype(ctx.attr("to"))
+    to = to_numpy_dtype(ctx.attr("to"))
     source = np.dtype(x.dtype)
     if source.itemsize != to.itemsize or object in (source, to):
         raise LoweringError(f"{ctx.node.label}: BitCast from {source} to {to} needs equal bit widths")
