@@ -1,5 +1,9 @@
 """Shape, layout and indexing ops: Reshape, Slice, Pad, Gather*, Scatter* and friends.
 
+DNNFusion mapping types: Concat, Slice and Split copy each element once (One-to-One,
+as in the paper's table); Scatter* may combine several updates per element
+(Many-to-Many).
+
 Pure data-movement ops run on numpy when every input is concrete (so constant
 folding also works for string tensors) and on jax.numpy otherwise. Ops whose
 output shape depends on data (NonZero, Unique, Compress) always run on numpy.
@@ -69,11 +73,9 @@ def _wrap_index(index: Array, dim: int) -> Array:
     return xp.where(index < 0, index + dim, index)
 
 
-def _iota(shape: Sequence[int], dim: int) -> np.ndarray:
+def _iota(shape: Sequence[int], dim: int) -> Array:
     """An int64 array of `shape` whose values are the coordinate along `dim`."""
-    view = [1] * len(shape)
-    view[dim] = shape[dim]
-    return np.broadcast_to(np.arange(shape[dim], dtype=np.int64).reshape(view), tuple(shape))
+    return jax.lax.broadcasted_iota(jnp.int64, tuple(int(d) for d in shape), dim)
 
 
 def _scatter(data: Array, index: tuple, updates: Array, reduction: str) -> Array:
@@ -237,7 +239,7 @@ def space_to_depth(ctx: Ctx, x: Array) -> Array:
 # ---------------------------------------------------------------- join and split
 
 
-@op("Concat", mapping=REORGANIZE)
+@op("Concat", mapping=ONE_TO_ONE)
 def concat(ctx: Ctx, *xs: Array) -> Array:
     xs = [x for x in xs if x is not None]
     axis = _axis(ctx.attr("axis", 0), np.ndim(xs[0]))
@@ -254,7 +256,7 @@ def _split_sizes(dim: int, count: int, explicit: list[int] | None, num_outputs: 
     return [dim // count] * count
 
 
-@op("Split", mapping=REORGANIZE, static=(1,))
+@op("Split", mapping=ONE_TO_ONE, static=(1,))
 def split(ctx: Ctx, x: Array, parts: np.ndarray | None = None) -> tuple:
     """Split; sizes come from the input (13+), the attribute (<13) or num_outputs (18+)."""
     axis = _axis(ctx.attr("axis", 0), np.ndim(x))
@@ -285,7 +287,7 @@ def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
     return slice(start, None if end < 0 else end, step)
 
 
-@op("Slice", mapping=REORGANIZE, static=(1, 2, 3, 4))
+@op("Slice", mapping=ONE_TO_ONE, static=(1, 2, 3, 4))
 def slice_(ctx: Ctx, x: Array, starts: Any = None, ends: Any = None, axes: Any = None,
            steps: Any = None) -> Array:
     """Slice; before opset 10 starts/ends/axes are attributes and steps are 1."""
@@ -384,7 +386,7 @@ def eye_like(ctx: Ctx, x: Array) -> Array:
     return np.eye(rows, cols, k=ctx.attr("k", 0), dtype=dtype)
 
 
-@op("Trilu", mapping=ONE_TO_MANY, static=(1,))
+@op("Trilu", mapping=ONE_TO_ONE, static=(1,))
 def trilu(ctx: Ctx, x: Array, k: np.ndarray | None = None) -> Array:
     diagonal = int(np.asarray(k).reshape(())) if k is not None else 0
     xp = _xp(x)
@@ -393,15 +395,14 @@ def trilu(ctx: Ctx, x: Array, k: np.ndarray | None = None) -> Array:
 
 @op("OneHot", mapping=ONE_TO_MANY, static=(1,))
 def one_hot(ctx: Ctx, indices: Array, depth: np.ndarray, values: Array) -> Array:
-    """values[1] where the (wrapped) index hits, values[0] elsewhere; -1 axis default."""
+    """values[1] where the (wrapped) index hits, values[0] elsewhere (out of range: all off)."""
     n = int(np.asarray(depth).reshape(-1)[0])
     rank = np.ndim(indices) + 1
     axis = _axis(ctx.attr("axis", -1), rank)
     idx = jnp.asarray(indices)
-    idx = jnp.trunc(idx).astype(jnp.int64) if jnp.issubdtype(idx.dtype, jnp.floating) else idx.astype(jnp.int64)
-    idx = jnp.where(idx < 0, idx + n, idx)
-    hot = jnp.expand_dims(idx, axis) == jnp.arange(n, dtype=jnp.int64).reshape(
-        [n if i == axis else 1 for i in range(rank)])
+    idx = jnp.where(idx < 0, idx + jnp.asarray(n, idx.dtype), idx)
+    positions = jnp.arange(n, dtype=idx.dtype).reshape([n if i == axis else 1 for i in range(rank)])
+    hot = jnp.expand_dims(idx, axis) == positions  # a non-integral float index matches nothing
     values = jnp.asarray(values).reshape(-1)
     return jnp.where(hot, values[1], values[0])
 
@@ -439,7 +440,7 @@ def _nd_index(shape: Sequence[int], indices: Array, batch_dims: int) -> tuple:
 @op("GatherND", mapping=ONE_TO_MANY)
 def gather_nd(ctx: Ctx, x: Array, indices: Array) -> Array:
     index = _nd_index(np.shape(x), indices, ctx.attr("batch_dims", 0))
-    return x[index]
+    return jnp.asarray(x)[index]
 
 
 # ---------------------------------------------------------------- scatter
@@ -451,19 +452,19 @@ def _elements_index(indices: Array, axis: int, dim: int) -> tuple:
     return tuple(_wrap_index(indices, dim) if d == axis else _iota(shape, d) for d in range(len(shape)))
 
 
-@op(("ScatterElements", "Scatter"), mapping=ONE_TO_MANY)
+@op(("ScatterElements", "Scatter"), mapping=MANY_TO_MANY)
 def scatter_elements(ctx: Ctx, x: Array, indices: Array, updates: Array) -> Array:
     axis = _axis(ctx.attr("axis", 0), np.ndim(x))
     index = _elements_index(indices, axis, np.shape(x)[axis])
     return _scatter(x, index, updates, ctx.attr("reduction", "none"))
 
 
-@op("ScatterND", mapping=ONE_TO_MANY)
+@op("ScatterND", mapping=MANY_TO_MANY)
 def scatter_nd(ctx: Ctx, x: Array, indices: Array, updates: Array) -> Array:
     return _scatter(x, _nd_index(np.shape(x), indices, 0), updates, ctx.attr("reduction", "none"))
 
 
-@op("TensorScatter", mapping=ONE_TO_MANY)
+@op("TensorScatter", mapping=MANY_TO_MANY)
 def tensor_scatter(ctx: Ctx, cache: Array, update: Array, write_indices: Array | None = None) -> Array:
     """Writes `update` into `cache` along `axis` from each batch's write index."""
     shape = np.shape(update)
@@ -544,7 +545,7 @@ def reverse_sequence(ctx: Ctx, x: Array, lengths: Array) -> Array:
 
 
 def _col2im_positions(image: list[int], block: list[int], dilations: list[int], pads: list[int],
-                      strides: list[int]) -> tuple[tuple[np.ndarray, ...], list[int]]:
+                      strides: list[int]) -> tuple[tuple[Array, ...], list[int]]:
     """Padded-image coordinates of every (kernel offset..., block position...) pair."""
     n = len(image)
     padded = [image[d] + pads[d] + pads[n + d] for d in range(n)]
@@ -590,7 +591,7 @@ def _dropout(ctx: Ctx, x: Array, ratio: float, training: bool) -> tuple:
     return (y, keep.astype(mask_dtype))[: len(ctx.node.outputs)]
 
 
-@op("Dropout", mapping=ONE_TO_ONE, nondeterministic=True)
+@op("Dropout", mapping=ONE_TO_ONE)
 def dropout_old(ctx: Ctx, x: Array) -> tuple:
     """Before opset 12 the runtime, not the graph, picks the mode: inference here."""
     return _dropout(ctx, x, float(ctx.attr("ratio", 0.5)), training=False)
