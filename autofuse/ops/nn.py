@@ -52,8 +52,6 @@ def _window_pads(ctx: Ctx, spatial: Sequence[int], kernel: Sequence[int],
                  strides: Sequence[int], dilations: Sequence[int]) -> Pads:
     """Explicit (begin, end) pads for a conv/pool window from `auto_pad` and `pads`."""
     auto_pad = ctx.attr("auto_pad", "NOTSET")
-    if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
     rank = len(spatial)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         return [_same_pads(auto_pad, spatial[i], _span(kernel[i], dilations[i]), strides[i])
@@ -83,16 +81,13 @@ def _static_dims(t: Any) -> tuple[int, ...] | None:
 
 
 def _conv_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:
-    """2 * output elements * (input channels per group * kernel elements)."""
+    """2 * output elements * input channels per group * kernel elements."""
     w = _static_dims(inputs[1]) if len(inputs) > 1 else None
-    y = _static_dims(outputs[0]) if outputs else None
-    if w is None or y is None:
+    # ConvTranspose's W is (C_in, C_out / group, k...): count per input element instead.
+    side = _static_dims(inputs[0] if ctx.node.op_type == "ConvTranspose" else outputs[0])
+    if w is None or side is None:
         return 0.0
-    per_output = math.prod(w[1:])
-    if ctx.node.op_type == "ConvTranspose":  # W is (C_in, C_out / group, k...)
-        x = _static_dims(inputs[0])
-        return 2.0 * (math.prod(x) if x else 0) * math.prod(w[1:])
-    return 2.0 * math.prod(y) * per_output
+    return 2.0 * math.prod(side) * math.prod(w[1:])
 
 
 def _matmul_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:
@@ -171,7 +166,7 @@ def conv_transpose(ctx: Ctx, x, w, b=None):
     return y if b is None else y + _channel_shape(b.astype(y.dtype), y.ndim)
 
 
-def _bilinear_gather(x, coords, valid_shape):
+def _bilinear_gather(x, coords):
     """Samples x (N, G, Cg, *S) at fractional coords (N, G, D, M), zero outside.
 
     Returns (N, G, Cg, M): multilinear interpolation over the 2**D corners.
@@ -223,7 +218,7 @@ def deform_conv(ctx: Ctx, x, w, offset, b=None, mask=None):
     offset = offset.astype(x.dtype).reshape((n, og, taps, rank) + out)
     coords = jnp.moveaxis(offset, 3, 2) + base[None, None]
     coords = coords.reshape((n, og, rank, -1))
-    sampled = _bilinear_gather(x.reshape((n, og, c // og) + x.shape[2:]), coords, x.shape[2:])
+    sampled = _bilinear_gather(x.reshape((n, og, c // og) + x.shape[2:]), coords)
     sampled = sampled.reshape((n, og, c // og, taps, -1))
     if mask is not None:
         sampled = sampled * mask.astype(x.dtype).reshape((n, og, 1, taps, -1))
@@ -457,8 +452,10 @@ def batch_normalization(ctx: Ctx, x, scale, bias, mean, var):
         p = p.astype(dtype)
         return p[None] if p.ndim > 1 else _channel_shape(p, x.ndim)
 
-    training = ctx.attr("training_mode", 0) or (ctx.opset < 7 and not ctx.attr("is_test", 0)
-                                                 and len(ctx.node.outputs) > 1)
+    # Before opset 14 a node asks for training by declaring the statistics outputs.
+    declared = len([o for o in ctx.node.outputs if o])
+    training = (ctx.attr("training_mode", 0) if ctx.opset >= 14
+                else declared > 1 and not ctx.attr("is_test", 0))
     if not training:
         y = (x - shaped(mean)) * lax.rsqrt(shaped(var) + eps) * shaped(scale) + shaped(bias)
         return _outputs(ctx, [y])
