@@ -106,6 +106,7 @@ def _matmul_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> fl
 
 @op("Conv", mapping=MANY_TO_MANY, flops=_conv_flops)
 def conv(ctx: Ctx, x, w, b=None):
+    """One NCHW/OIHW convolution; `group` maps to feature_group_count (depthwise too)."""
     rank = x.ndim - 2
     kernel = w.shape[2:]
     strides = _ints(ctx.attr("strides"), rank, 1)
