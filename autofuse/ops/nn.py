@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from autofuse.ir import TensorType
-from autofuse.ops.registry import MANY_TO_MANY, Ctx, op
+from autofuse.ops.registry import MANY_TO_MANY, ONE_TO_MANY, Ctx, op
 
 Pads = list[tuple[int, int]]
 
@@ -439,7 +439,8 @@ def _outputs(ctx: Ctx, values: Sequence[Any]):
     return values[0] if count == 1 else tuple(values[:count])
 
 
-@op("BatchNormalization", mapping=MANY_TO_MANY)
+# Inference BatchNormalization is a per-channel affine map: broadcasting, One-to-Many.
+@op("BatchNormalization", mapping=ONE_TO_MANY)
 def batch_normalization(ctx: Ctx, x, scale, bias, mean, var):
     """Inference form, plus opset-14 training_mode (batch statistics, running updates).
 

@@ -369,8 +369,10 @@ def tile(ctx: Ctx, x: Array, repeats: np.ndarray) -> Array:
 def range_(ctx: Ctx, start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """start + i * delta for i < ceil((limit - start) / delta), in start's dtype."""
     dtype = start.dtype
+    # The spec says scalars; exporters sometimes pass one-element tensors.
+    start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in (start, limit, delta))
     if is_float(dtype):
-        s, l, d = (float(np.asarray(v, np.float64)) for v in (start, limit, delta))
+        s, l, d = (float(np.float64(v)) for v in (start, limit, delta))
         count = max(int(np.ceil((l - s) / d)), 0)
         return (s + np.arange(count, dtype=np.float64) * d).astype(dtype)
     s, l, d = int(start), int(limit), int(delta)
