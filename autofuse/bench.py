@@ -1,49 +1,66 @@
-"""Side-by-side benchmarks: autofuse and onnxruntime in one process, interleaved."""
+"""Side-by-side benchmarks: autofuse variants and onnxruntime in one process, interleaved."""
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from autofuse.api import compile_model, example_inputs, import_onnx, resolve
 from autofuse.errors import AutofuseError
+from autofuse.executable import Executable
 from autofuse.runners.protocol import Timing, compare as compare_interleaved
+
+XLA = "autofuse (XLA default)"
+PLAN = "DNNFusion plan"
+OP_BY_OP = "op by op"
+ORT = "onnxruntime"
 
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One model's result: medians, spreads, the ratio, and output agreement."""
+    """One model: median and spread per contender, ratios to onnxruntime, agreement."""
 
     model: str
     compile_s: float
-    autofuse_ms: float
-    autofuse_spread_pct: float
-    ort_ms: float | None
-    ort_spread_pct: float | None
-    max_rel_diff: float | None
-    threads: int
+    median_ms: dict[str, float]
+    spread_pct: dict[str, float]
+    max_rel_diff: dict[str, float] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)
+    threads: int = 1
 
     @property
     def ratio(self) -> float | None:
-        """autofuse time / onnxruntime time: below 1.0 means autofuse is faster."""
-        return self.autofuse_ms / self.ort_ms if self.ort_ms else None
+        """autofuse (XLA default) time / onnxruntime time: below 1.0 is faster."""
+        return self.ratio_of(XLA)
+
+    def ratio_of(self, name: str) -> float | None:
+        ort = self.median_ms.get(ORT)
+        return self.median_ms[name] / ort if ort and name in self.median_ms else None
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "ratio": self.ratio}
+        return {
+            "model": self.model, "compile_s": self.compile_s, "median_ms": self.median_ms,
+            "spread_pct": self.spread_pct, "max_rel_diff": self.max_rel_diff, "kernels": self.kernels,
+            "threads": self.threads, "ratio_to_ort": {k: self.ratio_of(k) for k in self.median_ms if k != ORT},
+        }
 
 
 def relative_error(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
-    """max |actual - expected| / max |expected| over all float outputs."""
+    """max |actual - expected| / max |expected| over all outputs."""
     worst = 0.0
     for e, a in zip(expected, actual):
         e = np.asarray(e, np.float64)
         a = np.asarray(a, np.float64)
-        scale = float(np.max(np.abs(e))) if e.size else 0.0
-        worst = max(worst, float(np.max(np.abs(a - e))) / (scale or 1.0) if e.size else 0.0)
+        if e.size:
+            scale = float(np.max(np.abs(e))) or 1.0
+            worst = max(worst, float(np.max(np.abs(a - e))) / scale)
     return worst
+
+
+def _blocking(executable: Executable, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: [v.block_until_ready() for v in executable.run_device(inputs)]
 
 
 def bench_model(
@@ -51,46 +68,54 @@ def bench_model(
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     compare: str = "ort",
+    plans: bool = False,
     seconds: float = 5.0,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchRow:
-    """Compiles `name` with XLA's default fusion and times it beside onnxruntime."""
+    """Times `name` under XLA's default fusion (and optionally the DNNFusion plan
+    and op by op) beside onnxruntime, interleaved in one process."""
+    if compare not in ("ort", "none"):
+        raise AutofuseError(f"--compare {compare!r}: expected 'ort' or 'none'")
     threads = os.cpu_count() or 1
     progress(f"{name}: importing")
     model = import_onnx(name, shapes=shapes)
-    progress(f"{name}: compiling with XLA")
-    executable = compile_model(model)
     inputs = example_inputs(model, seed=seed)
-    ours = executable(inputs)
-    contenders = {"autofuse": lambda: [v.block_until_ready() for v in executable.run_device(inputs)]}
-    max_diff = None
+    progress(f"{name}: compiling with XLA")
+    executables = {XLA: compile_model(model)}
+    if plans:
+        from autofuse.fusion.extended import extend
+        from autofuse.fusion.lower import compile_plan, op_by_op_plan
+        from autofuse.fusion.planner import plan_fusion
+
+        progress(f"{name}: compiling the DNNFusion plan and op by op")
+        executables[PLAN] = compile_plan(model, plan_fusion(extend(model.graph)))
+        executables[OP_BY_OP] = compile_plan(model, op_by_op_plan(model))
+    contenders = {label: _blocking(exe, inputs) for label, exe in executables.items()}
+    outputs = {label: exe(inputs) for label, exe in executables.items()}
+    reference = outputs[XLA]
+    diffs = {}
     if compare == "ort":
         from autofuse.runners.onnxruntime import baseline_session, run_session
 
         session = baseline_session(resolve(name), threads=threads)
-        theirs = run_session(session, inputs)
-        max_diff = relative_error(theirs, ours)
-        contenders["onnxruntime"] = lambda: run_session(session, inputs)
-    elif compare != "none":
-        raise AutofuseError(f"--compare {compare!r}: expected 'ort' or 'none'")
-    progress(f"{name}: timing {', '.join(contenders)} side by side ({seconds:.0f} s each)")
-    start = time.perf_counter()
-    timings: dict[str, Timing] = compare_contenders(contenders, seconds)
-    progress(f"{name}: timed in {time.perf_counter() - start:.1f} s")
-    ort = timings.get("onnxruntime")
+        reference = run_session(session, inputs)
+        contenders[ORT] = lambda: run_session(session, inputs)
+    diffs = {label: relative_error(reference, out) for label, out in outputs.items()}
+    progress(f"{name}: timing {', '.join(contenders)} side by side")
+    timings: dict[str, Timing] = compare_interleaved(contenders, rounds=5, warmup=3, min_repeats=3,
+                                                     min_seconds=seconds)
+    kernels = {}
+    if plans:
+        from autofuse.fusion.lower import kernel_count
+
+        kernels = {label: kernel_count(exe.optimized_hlo()) for label, exe in executables.items()}
     return BenchRow(
         model=name,
-        compile_s=executable.compile_seconds or 0.0,
-        autofuse_ms=timings["autofuse"].median_ms,
-        autofuse_spread_pct=timings["autofuse"].spread_pct,
-        ort_ms=ort.median_ms if ort else None,
-        ort_spread_pct=ort.spread_pct if ort else None,
-        max_rel_diff=max_diff,
+        compile_s=executables[XLA].compile_seconds or 0.0,
+        median_ms={k: t.median_ms for k, t in timings.items()},
+        spread_pct={k: t.spread_pct for k, t in timings.items()},
+        max_rel_diff=diffs,
+        kernels=kernels,
         threads=threads,
     )
-
-
-def compare_contenders(contenders: Mapping[str, Callable[[], object]], seconds: float) -> dict[str, Timing]:
-    """Interleaved timing with a total budget of `seconds` per contender."""
-    return compare_interleaved(contenders, rounds=5, warmup=3, min_repeats=3, min_seconds=seconds)

@@ -78,7 +78,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = []
     for name in args.models:
         row = bench_model(name, shapes=_parse_shapes(args.shape), compare=args.compare,
-                          seconds=args.seconds, seed=args.seed,
+                          plans=args.plans, seconds=args.seconds, seed=args.seed,
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
         rows.append(row)
         if not args.json:
@@ -131,15 +131,18 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def format_table(rows: Sequence[Any]) -> str:
-    """Bench rows as an aligned text table."""
-    header = f"{'model':<22} {'compile':>8} {'autofuse (XLA default)':>24} {'onnxruntime':>18} {'ratio':>6} {'max rel diff':>13}"
-    lines = [header]
+    """Bench rows as an aligned text table: one line per model and contender."""
+    lines = [f"{'model':<20} {'contender':<24} {'median':>11} {'spread':>7} {'vs ort':>7} {'kernels':>8} {'max rel diff':>13}"]
     for r in rows:
-        ours = f"{r.autofuse_ms:.2f} ms ±{r.autofuse_spread_pct:.0f}%"
-        theirs = f"{r.ort_ms:.2f} ms ±{r.ort_spread_pct:.0f}%" if r.ort_ms else "-"
-        ratio = f"{r.ratio:.2f}" if r.ratio else "-"
-        diff = f"{r.max_rel_diff:.1e}" if r.max_rel_diff is not None else "-"
-        lines.append(f"{r.model:<22} {r.compile_s:>6.1f} s {ours:>24} {theirs:>18} {ratio:>6} {diff:>13}")
+        for k, name in enumerate(r.median_ms):
+            ratio = r.ratio_of(name)
+            diff = r.max_rel_diff.get(name)
+            lines.append(
+                f"{r.model if k == 0 else '':<20} {name:<24} {r.median_ms[name]:>8.2f} ms {r.spread_pct[name]:>6.1f}%"
+                f" {f'{ratio:.2f}' if ratio else '-':>7} {r.kernels.get(name, '-'):>8}"
+                f" {f'{diff:.1e}' if diff is not None else '-':>13}"
+            )
+        lines.append(f"{'':<20} compile {r.compile_s:.1f} s (XLA default), {r.threads} threads")
     return "\n".join(lines)
 
 
@@ -170,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare", choices=["ort", "none"], default="ort",
                        help="baseline to run in the same process (default: ort, ORT_ENABLE_ALL)")
     bench.add_argument("--seconds", type=float, default=5.0, help="timing budget per contender (default 5)")
+    bench.add_argument("--plans", action="store_true",
+                       help="also time the DNNFusion plan and op by op (kernel counts included)")
     bench.add_argument("--json", action="store_true", help="print results as JSON")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)

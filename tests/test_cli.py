@@ -49,8 +49,16 @@ def test_bad_shape_flag_names_the_flag(tiny_model_path):
 def test_bench_against_onnxruntime(tiny_model_path, capsys):
     assert main(["bench", str(tiny_model_path), "--seconds", "0.2", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["autofuse_ms"] > 0 and row["ort_ms"] > 0 and row["ratio"] > 0
-    assert row["max_rel_diff"] < 1e-6
+    assert set(row["median_ms"]) == {"autofuse (XLA default)", "onnxruntime"}
+    assert all(v > 0 for v in row["median_ms"].values())
+    assert row["ratio_to_ort"]["autofuse (XLA default)"] > 0
+    assert row["max_rel_diff"]["autofuse (XLA default)"] < 1e-6
+
+
+def test_bench_with_plans_counts_kernels(tiny_model_path, capsys):
+    assert main(["bench", str(tiny_model_path), "--seconds", "0.2", "--plans"]) == 0
+    out = capsys.readouterr().out
+    assert "DNNFusion plan" in out and "op by op" in out and "onnxruntime" in out
 
 
 def test_unknown_zoo_name_lists_the_known_ones(capsys):
