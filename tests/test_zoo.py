@@ -26,7 +26,7 @@ def light_weight(name: str, shape: list[int]) -> tuple[onnx.TensorProto, onnx.No
 @pytest.fixture
 def light_cnn() -> onnx.ModelProto:
     """Conv(64x32x3x3) -> BatchNorm -> Unsqueeze'd scale (Mul) -> flatten -> Gemm, opset 9 and IR 3,
-    with every initializer also listed as a graph input, as in the onnx light zoo."""
+    with every initializer (an unused one too) listed as a graph input, as in the onnx light zoo."""
     weights = {
         "w": [64, 32, 3, 3], "b": [64], "s": [64], "bias": [64], "mean": [64], "var": [64],
         "k": [64], "fc_w": [10, 64 * 8 * 8], "fc_b": [10],
@@ -40,10 +40,10 @@ def light_cnn() -> onnx.ModelProto:
         helper.make_node("Flatten", ["m"], ["f"]),
         helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
     ]
-    initializers = [tensor for tensor, _ in made.values()]
+    unused = numpy_helper.from_array(np.zeros((1, 1), np.float32), "unused")
+    initializers = [tensor for tensor, _ in made.values()] + [unused]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])] + [
-        helper.make_tensor_value_info(t.name, TensorProto.INT64, list(t.dims))
-        for t in initializers
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in initializers
     ]
     model = make_model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
                        initializers, opset=9)
@@ -60,7 +60,7 @@ def test_materialize_replaces_every_light_weight(light_cnn):
     onnx.checker.check_model(real)
     assert not [n for n in real.graph.node if n.op_type == "ConstantOfShape"]
     names = set(arrays(real))
-    assert not [n for n in names if n.endswith("__SHAPE")]
+    assert not [n for n in names if n.endswith("__SHAPE")] and "unused" not in names
     assert {"w", "b", "s", "bias", "mean", "var", "k", "fc_w", "fc_b"} <= names
     assert [i.name for i in real.graph.input] == ["x"]
     assert real.ir_version >= 4

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from autofuse.frontend.importer import tensor_to_array
 
 # Bump when the generated values change, so caches keyed on it are refreshed.
-MATERIALIZE_VERSION = 1
+MATERIALIZE_VERSION = 2
 SHAPE_SUFFIX = "__SHAPE"
 SMALL_STD = 0.02
 # Ops that pass a weight through unchanged in value (only its layout or dtype).
@@ -157,6 +157,7 @@ def materialize(model: onnx.ModelProto, *, seed: int = 0) -> onnx.ModelProto:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
+    original_initializers = {t.name for t in graph.initializer}
     light = _light_weights(graph)
     replaced = {node.output[0] for node, _ in light}
     consumers = _consumers(graph)
@@ -173,8 +174,7 @@ def materialize(model: onnx.ModelProto, *, seed: int = 0) -> onnx.ModelProto:
     graph.node.extend(kept_nodes)
     del graph.initializer[:]
     graph.initializer.extend(kept_initializers + new_initializers)
-    initializer_names = {t.name for t in graph.initializer}
-    dropped = initializer_names | {n.input[0] for n, _ in light}
+    dropped = original_initializers | replaced
     kept_inputs = [i for i in graph.input if i.name not in dropped]
     del graph.input[:]
     graph.input.extend(kept_inputs)
@@ -235,6 +235,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(model_bytes(model))
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
