@@ -119,7 +119,12 @@ def calibrate_batchnorm(model: Any, seed: int = 0) -> Any:
     errors); calibrated statistics keep them near unit scale, as training does.
     `model` is an onnx ModelProto, handled only through the front end.
     """
-    from autofuse.frontend.materialize import batchnorm_statistics, initializer_arrays, probe_bytes, replace_initializers
+    from autofuse.frontend.materialize import (
+        batchnorm_statistics,
+        initializer_arrays,
+        probe_bytes,
+        replace_initializers,
+    )
     from autofuse.runners.onnxruntime import reference_session
 
     layers = batchnorm_statistics(model)

@@ -11,6 +11,8 @@ from typing import Mapping
 import numpy as np
 import onnxruntime as ort
 
+from autofuse.errors import AutofuseError
+
 ModelSource = str | os.PathLike | bytes
 
 
@@ -36,5 +38,9 @@ def baseline_session(model: ModelSource, threads: int | None = None) -> ort.Infe
 
 def run_session(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Runs on the inputs the session declares; outputs in graph order."""
-    feed = {i.name: np.asarray(inputs[i.name]) for i in session.get_inputs()}
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise AutofuseError(f"onnxruntime session: missing inputs {missing}; it takes {names}")
+    feed = {name: np.asarray(inputs[name]) for name in names}
     return [np.asarray(v) for v in session.run(None, feed)]

@@ -5,11 +5,12 @@ import os
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from autofuse.datasets import zoo
-from autofuse.errors import ModelLoadError
+from autofuse.errors import AutofuseError, ModelLoadError
 from autofuse.frontend import import_model, read_model
 from autofuse.frontend.materialize import materialize, model_bytes, weight_role
 from autofuse.runners.onnxruntime import baseline_session, reference_session, run_session
@@ -93,6 +94,8 @@ def test_materialize_is_seeded(light_cnn):
 
 def test_materialized_model_runs_in_onnxruntime(light_cnn):
     session = reference_session(model_bytes(materialize(light_cnn, seed=0)))
+    level = session.get_session_options().graph_optimization_level
+    assert level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     (y,) = run_session(session, {"x": np.ones((1, 32, 8, 8), np.float32)})
     assert y.shape == (1, 10) and np.all(np.isfinite(y))
 
@@ -199,3 +202,5 @@ def test_baseline_session_uses_every_core(tiny_model_path):
     assert baseline_session(tiny_model_path, threads=1).get_session_options().intra_op_num_threads == 1
     (y,) = run_session(session, {"x": np.ones((1, 4), np.float32)})
     np.testing.assert_array_equal(y, [[0, 0, 1, 2]])
+    with pytest.raises(AutofuseError, match=r"missing inputs \['x'\]"):
+        run_session(session, {})
