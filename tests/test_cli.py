@@ -64,3 +64,13 @@ def test_bench_with_plans_counts_kernels(tiny_model_path, capsys):
 def test_unknown_zoo_name_lists_the_known_ones(capsys):
     assert main(["run", "zoo:nope"]) == 2
     assert "zoo:resnet50" in capsys.readouterr().err
+
+
+def test_analyze_json(tiny_model_path, capsys):
+    assert main(["analyze", str(tiny_model_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["onnx_ops"] == 2 and report["compute_ops"] == 2
+    assert report["ops_per_mapping"] == {"ONE_TO_MANY": 1, "ONE_TO_ONE": 1}
+    assert report["groups"] == [["Add:Add_0", "Relu:Relu_1"]]
+    assert report["kernels_op_by_op"] >= report["kernels_plan"] >= 1
+    assert report["fusion_rate"] == 2.0

@@ -94,3 +94,41 @@ def test_plan_lowering_keeps_outputs_and_counts_kernels():
     np.testing.assert_allclose(fused(x)[0], reference, rtol=1e-6)
     np.testing.assert_allclose(separate(x)[0], reference, rtol=1e-6)
     assert kernel_count(separate.optimized_hlo()) > kernel_count(fused.optimized_hlo()) >= 1
+
+
+def test_extended_graph_marks_removable_results_and_properties():
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["a"], name="mul"),
+        helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+    ]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = settle(import_model(read_model_bytes(proto.SerializeToString()), source="t"))
+    infos = {i.node.name: i for i in extend(model.graph).infos}
+    assert not infos["mul"].removable  # read by Relu and Add
+    assert infos["relu"].removable
+    assert not infos["add"].removable  # a graph output
+    assert {"associative", "commutative", "distributive"} <= infos["mul"].properties
+    assert infos["relu"].properties == frozenset()
+    assert infos["mul"].flops == 6 and infos["mul"].bytes == 3 * 6 * 4
+
+
+@pytest.mark.parametrize("name", ["zoo:resnet50", "zoo:bert_base"])
+def test_dnnfusion_plan_matches_unfused_outputs_on_zoo(name):
+    from autofuse.api import example_inputs, import_onnx
+    from autofuse.errors import ModelLoadError
+
+    try:
+        model = import_onnx(name)
+    except ModelLoadError as error:
+        pytest.skip(str(error))
+    inputs = example_inputs(model, seed=0)
+    plan = plan_fusion(extend(model.graph))
+    assert len(plan.groups) < len(model.graph.nodes)
+    covered = sorted(i for g in plan.groups for i in g)
+    assert covered == list(range(len(model.graph.nodes)))
+    expected = Executable(model)(inputs)
+    for got, want in zip(compile_plan(model, plan)(inputs), expected):
+        scale = float(np.max(np.abs(want))) or 1.0
+        assert float(np.max(np.abs(got - want))) <= 1e-5 * scale

@@ -5,6 +5,8 @@ Run with `-s` to see each model's error and compile time in line.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,8 @@ def test_zoo_model_matches_onnxruntime(name: str, capsys: pytest.CaptureFixture)
     try:
         path = zoo_path(name, seed=0)
     except ModelLoadError as error:
+        if os.environ.get("CI"):  # CI has shared/ beside the clone: a missing model is a failure
+            raise
         pytest.skip(str(error))
     model = import_onnx(path)
     inputs = example_inputs(model, seed=0)
