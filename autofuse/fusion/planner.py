@@ -7,6 +7,11 @@ fusion table: green edges fuse, red edges break, and each yellow edge is a
 is refused when it would make the plan cyclic, when a fused producer's result
 is also needed outside the block (multi-consumer) and the producer is not
 cheap to recompute, or when the block would exceed `max_block`.
+
+One constraint is specific to XLA: convolutions and matrix products compile to
+library calls that read materialised inputs, so XLA cannot fuse a producer into
+them. An edge into such an op never fuses (the group boundary would only cut a
+fusion XLA can make elsewhere, e.g. BatchNorm with the Relu after it).
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ from autofuse.fusion.table import Verdict, fuse
 from autofuse.ops.registry import Mapping
 
 DEFAULT_MAX_BLOCK = 24
+# Ops XLA lowers to library calls whose inputs cannot be fused into them.
+LIBRARY_CALLS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "ConvInteger",
+                           "MatMulInteger", "QLinearConv", "QLinearMatMul", "DeformConv"})
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ def plan_fusion(
         if len(groups.members[block]) + len(groups.members[g_node]) > max_block:
             return block
         if block_is_first:
+            if infos[node].node.op_type in LIBRARY_CALLS:
+                return block
             anchor = next(m for m in groups.members[block] if node in eg.successors[m])
             ok, fused = verdict(anchor, node, block_type[block], infos[node].mapping)
         else:
@@ -124,6 +134,8 @@ def plan_fusion(
             if outside and infos[node].mapping is not Mapping.ONE_TO_ONE:
                 return block
             anchor = next(m for m in groups.members[block] if m in eg.successors[node])
+            if infos[anchor].node.op_type in LIBRARY_CALLS:
+                return block
             ok, fused = verdict(node, anchor, infos[node].mapping, block_type[block])
         if not ok or not groups.merge_is_acyclic(block, g_node):
             return block
