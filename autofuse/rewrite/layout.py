@@ -1,0 +1,73 @@
+"""Layout and algorithm rules for convolutions.
+
+* `conv1x1_to_matmul`: a pointwise (1x1, stride 1, no padding, group 1) Conv is a
+  matmul over channels: Reshape(x, [N, C, HW]) -> MatMul(W[M, C], .) -> + b[M, 1]
+  -> Reshape([N, M, H, W]). XLA's CPU dot runs this form markedly faster than its
+  convolution. The weight is reshaped once, at rewrite time.
+"""
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from autofuse.ir import Node
+from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
+
+FAMILY = "layout"
+
+
+def _match_conv(node: Node, view: View) -> Match | None:
+    return (node,)
+
+
+def _check_pointwise(m: Match, view: View) -> str | None:
+    conv = m[0]
+    w = view.tensor(conv.inputs[1])
+    x_shape = view.shape(conv.inputs[0])
+    if w is None:
+        return "Conv weights are not constant"
+    if len(conv.inputs) > 2 and conv.inputs[2] and view.tensor(conv.inputs[2]) is None:
+        return "Conv bias is not constant"
+    if x_shape is None:
+        return "input shape is unknown"
+    if any(k != 1 for k in w.shape[2:]):
+        return f"kernel {list(w.shape[2:])} is not 1x1"
+    if conv.attr("group", 1) != 1:
+        return "grouped convolution"
+    if any(s != 1 for s in conv.attr("strides", ())):
+        return "stride is not 1"
+    if any(p != 0 for p in conv.attr("pads", ())):
+        return "padded convolution"
+    if any(d != 1 for d in conv.attr("dilations", ())):
+        return "dilated convolution"
+    return None
+
+
+def _pointwise_as_matmul(m: Match, view: View) -> Replacement:
+    conv = m[0]
+    x = conv.inputs[0]
+    n, c, *spatial = view.shape(x)
+    w = view.tensor(conv.inputs[1])
+    out = conv.outputs[0]
+    flat_shape, w2, flat_in, flat_out = (view.fresh(out + s) for s in ("_flat_shape", "_w2d", "_in2d", "_mm"))
+    nodes = [Node("Reshape", (x, flat_shape), (flat_in,)), Node("MatMul", (w2, flat_in), (flat_out,))]
+    tensors = {
+        flat_shape: np.array([n, c, prod(spatial)], np.int64),
+        w2: w.reshape(w.shape[0], c),
+    }
+    if len(conv.inputs) > 2 and conv.inputs[2]:
+        biased, b2 = view.fresh(out + "_biased"), view.fresh(out + "_b2d")
+        nodes.append(Node("Add", (flat_out, b2), (biased,)))
+        tensors[b2] = view.tensor(conv.inputs[2]).reshape(-1, 1).astype(w.dtype)
+        flat_out = biased
+    out_shape = view.fresh(out + "_shape")
+    nodes.append(Node("Reshape", (flat_out, out_shape), (out,)))
+    tensors[out_shape] = np.array([n, w.shape[0], *spatial], np.int64)
+    return Replacement(nodes=tuple(nodes), tensors=tensors)
+
+
+CONV1X1_TO_MATMUL = Rule("conv1x1_to_matmul", FAMILY, frozenset({"Conv"}),
+                         _match_conv, _check_pointwise, _pointwise_as_matmul)
+
+LAYOUT = RuleSet("layout", (CONV1X1_TO_MATMUL,))
