@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from autofuse.executable import Executable
 from autofuse.ir import Model
 from autofuse.settle import settle
+
+if TYPE_CHECKING:
+    from autofuse.rewrite import RewriteResult, RuleSet
 
 ModelRef = str | os.PathLike
 
@@ -38,11 +41,36 @@ def compile_model(
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     compiler_options: Mapping[str, Any] | None = None,
+    rewrites: Sequence[str] = (),
 ) -> Executable:
-    """Compiles a model through XLA (no tuning) into a callable executable."""
+    """Compiles a model through XLA (no tuning) into a callable executable,
+    after the named rewrite families (e.g. ("folding", "layout"))."""
     if not isinstance(model, Model):
         model = import_onnx(model, shapes=shapes)
+    if rewrites:
+        model = rewrite_model(model, rewrites).model
     return Executable(model, compiler_options=compiler_options).compile()
+
+
+def rule_families() -> dict[str, "RuleSet"]:
+    """The rewrite families a user can ask for by name, in pipeline order."""
+    from autofuse.rewrite.folding import FOLDING
+    from autofuse.rewrite.layout import LAYOUT
+
+    return {"folding": FOLDING, "layout": LAYOUT}
+
+
+def rewrite_model(model: Model, families: Sequence[str]) -> "RewriteResult":
+    """Applies the named rewrite families (as a pipeline, in canonical order)."""
+    from autofuse.errors import AutofuseError
+    from autofuse.rewrite import rewrite
+
+    known = rule_families()
+    unknown = [f for f in families if f not in known]
+    if unknown:
+        raise AutofuseError(f"--rewrite: unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                            f"known: {', '.join(known)}")
+    return rewrite(model, [rule_set for name, rule_set in known.items() if name in families])
 
 
 def example_inputs(model: Model, seed: int = 0) -> dict[str, np.ndarray]:

@@ -69,12 +69,13 @@ def bench_model(
     shapes: Mapping[str, Sequence[int]] | None = None,
     compare: str = "ort",
     plans: bool = False,
+    rewrites: Sequence[str] = (),
     seconds: float = 5.0,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchRow:
-    """Times `name` under XLA's default fusion (and optionally the DNNFusion plan
-    and op by op) beside onnxruntime, interleaved in one process."""
+    """Times `name` under XLA's default fusion (optionally also the DNNFusion plan,
+    op by op, and after rewrites) beside onnxruntime, interleaved in one process."""
     if compare not in ("ort", "none"):
         raise AutofuseError(f"--compare {compare!r}: expected 'ort' or 'none'")
     threads = os.cpu_count() or 1
@@ -91,6 +92,14 @@ def bench_model(
         progress(f"{name}: compiling the DNNFusion plan and op by op")
         executables[PLAN] = compile_plan(model, plan_fusion(extend(model.graph)))
         executables[OP_BY_OP] = compile_plan(model, op_by_op_plan(model))
+    if rewrites:
+        from autofuse.api import rewrite_model
+
+        progress(f"{name}: rewriting ({', '.join(rewrites)}) and compiling")
+        result = rewrite_model(model, rewrites)
+        fired = ", ".join(f"{rule} {n}" for rule, n in sorted(result.fired.items()) if n)
+        progress(f"{name}: rules fired: {fired or 'none'}")
+        executables[f"rewritten ({'+'.join(rewrites)})"] = compile_model(result.model)
     contenders = {label: _blocking(exe, inputs) for label, exe in executables.items()}
     outputs = {label: exe(inputs) for label, exe in executables.items()}
     reference = outputs[XLA]

@@ -35,6 +35,10 @@ def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _parse_rewrites(value: str | None) -> tuple[str, ...]:
+    return tuple(f.strip() for f in value.split(",") if f.strip()) if value else ()
+
+
 def _load_inputs(path: str | None, model: Any, seed: int) -> dict[str, np.ndarray]:
     from autofuse.api import example_inputs
     from autofuse.errors import AutofuseError
@@ -56,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autofuse.api import compile_model, import_onnx
 
     model = import_onnx(args.model, shapes=_parse_shapes(args.shape))
-    executable = compile_model(model)
+    executable = compile_model(model, rewrites=_parse_rewrites(args.rewrite))
     inputs = _load_inputs(args.inputs, model, args.seed)
     outputs = executable(inputs)
     print(f"{args.model}: compiled in {executable.compile_seconds:.2f} s")
@@ -78,7 +82,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = []
     for name in args.models:
         row = bench_model(name, shapes=_parse_shapes(args.shape), compare=args.compare,
-                          plans=args.plans, seconds=args.seconds, seed=args.seed,
+                          plans=args.plans, rewrites=_parse_rewrites(args.rewrite),
+                          seconds=args.seconds, seed=args.seed,
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
         rows.append(row)
         if not args.json:
@@ -92,17 +97,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from autofuse.api import read_onnx
+    from autofuse.api import read_onnx, rewrite_model
     from autofuse.fusion.summary import summarize
     from autofuse.settle import settle
 
     raw = read_onnx(args.model)
-    summary, _ = summarize(settle(raw, _parse_shapes(args.shape)), len(raw.graph.nodes),
-                           count_kernels=not args.no_compile)
+    model = settle(raw, _parse_shapes(args.shape))
+    if args.rewrite:
+        model = rewrite_model(model, _parse_rewrites(args.rewrite)).model
+    summary, _ = summarize(model, len(raw.graph.nodes), count_kernels=not args.no_compile)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
         return 0
-    print(f"{args.model}: {summary.onnx_ops} ONNX ops, {summary.compute_ops} after folding constants")
+    print(f"{args.model}: {summary.onnx_ops} ONNX ops, {summary.compute_ops} compute ops after folding constants" + (" and rewrites" if args.rewrite else ""))
     print("ops per mapping type: " + ", ".join(f"{k} {v}" for k, v in summary.ops_per_mapping.items()))
     print(f"fused groups: {len(summary.groups)}  (fusion rate {summary.fusion_rate:.2f} ONNX ops per group)")
     for k, (group, kind) in enumerate(zip(summary.groups, summary.group_types)):
@@ -132,13 +139,13 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def format_table(rows: Sequence[Any]) -> str:
     """Bench rows as an aligned text table: one line per model and contender."""
-    lines = [f"{'model':<20} {'contender':<24} {'median':>11} {'spread':>7} {'vs ort':>7} {'kernels':>8} {'max rel diff':>13}"]
+    lines = [f"{'model':<20} {'contender':<28} {'median':>11} {'spread':>7} {'vs ort':>7} {'kernels':>8} {'max rel diff':>13}"]
     for r in rows:
         for k, name in enumerate(r.median_ms):
             ratio = r.ratio_of(name)
             diff = r.max_rel_diff.get(name)
             lines.append(
-                f"{r.model if k == 0 else '':<20} {name:<24} {r.median_ms[name]:>8.2f} ms {r.spread_pct[name]:>6.1f}%"
+                f"{r.model if k == 0 else '':<20} {name:<28} {r.median_ms[name]:>8.2f} ms {r.spread_pct[name]:>6.1f}%"
                 f" {f'{ratio:.2f}' if ratio else '-':>7} {r.kernels.get(name, '-'):>8}"
                 f" {f'{diff:.1e}' if diff is not None else '-':>13}"
             )
@@ -157,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rewrite", metavar="FAMILIES",
+                       help="apply rewrite families first, comma-separated: folding,layout")
         p.add_argument("--shape", action="append", metavar="NAME=DxD...",
                        help="bind an input's dynamic dimensions (repeatable)")
         p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")

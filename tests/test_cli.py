@@ -74,3 +74,14 @@ def test_analyze_json(tiny_model_path, capsys):
     assert report["groups"] == [["Add:Add_0", "Relu:Relu_1"]]
     assert report["kernels_op_by_op"] >= report["kernels_plan"] >= 1
     assert report["fusion_rate"] == 2.0
+
+
+def test_bench_with_rewrites_adds_a_contender(tiny_model_path, capsys):
+    assert main(["bench", str(tiny_model_path), "--seconds", "0.2", "--rewrite", "folding,layout", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["max_rel_diff"]["rewritten (folding+layout)"] < 1e-6
+
+
+def test_unknown_rewrite_family_is_named(tiny_model_path, capsys):
+    assert main(["run", str(tiny_model_path), "--rewrite", "magic"]) == 2
+    assert "magic" in capsys.readouterr().err
