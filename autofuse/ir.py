@@ -259,3 +259,15 @@ def free_values(graph: Graph) -> set[str]:
         free |= subgraph_free_values([node]) - defined
         defined.update(node.outputs)
     return free | (set(graph.outputs) - defined)
+
+
+def live_nodes(nodes: Iterable[Node], outputs: Iterable[str]) -> list[Node]:
+    """Drops nodes whose outputs nothing uses (dead code), keeping the order."""
+    needed = set(outputs)
+    live: list[Node] = []
+    for node in reversed(list(nodes)):
+        if any(o in needed for o in node.outputs if o):
+            live.append(node)
+            needed.update(i for i in node.inputs if i)
+            needed.update(subgraph_free_values([node]))
+    return list(reversed(live))

@@ -17,9 +17,9 @@ from autofuse.ir import (
     SMALL_CONSTANT_ELEMENTS,
     Const,
     Model,
-    Node,
     TensorType,
     ValueType,
+    live_nodes,
     subgraph_free_values,
 )
 from autofuse.lowering import evaluate, value_type
@@ -87,7 +87,7 @@ def settle(model: Model, shapes: Shapes | None = None) -> Model:
 def _rebuild(model: Model, concrete: dict[str, np.ndarray], inferred: dict[str, ValueType]) -> Model:
     graph = model.graph
     kept = [n for n in graph.nodes if not (n.outputs and all((not o) or o in concrete for o in n.outputs))]
-    kept = _live_nodes(kept, graph.outputs)
+    kept = live_nodes(kept, graph.outputs)
     used = {i for n in kept for i in n.inputs if i} | set(graph.outputs) | subgraph_free_values(kept)
     constants = dict(graph.constants)
     weights = {k: v for k, v in model.weights.items() if k in used}
@@ -108,15 +108,3 @@ def _rebuild(model: Model, concrete: dict[str, np.ndarray], inferred: dict[str, 
         weights=tuple(sorted(weights)),
     )
     return Model(new_graph, weights, model.source)
-
-
-def _live_nodes(nodes: list[Node], outputs: Sequence[str]) -> list[Node]:
-    """Drops nodes whose outputs nothing uses (dead code)."""
-    needed = set(outputs)
-    live: list[Node] = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.outputs if o):
-            live.append(node)
-            needed.update(i for i in node.inputs if i)
-            needed.update(subgraph_free_values([node]))
-    return list(reversed(live))

@@ -363,7 +363,6 @@ def grid_sample(ctx: Ctx, x, grid):
     padding = _text(ctx.attr("padding_mode"), "zeros")
     align = bool(ctx.attr("align_corners", 0))
     dims = x.shape[2:]
-    k = len(dims)
     cdtype = jnp.float64 if grid.dtype == jnp.float64 else jnp.float32
     coords = grid.astype(cdtype)[..., ::-1]  # the grid lists the innermost dim first
     per_dim = []

@@ -6,7 +6,7 @@ every backend; results are rounded half-to-even and saturated like ONNX.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -94,7 +94,7 @@ def _recurrent(ctx: Ctx, x, w, r, b, lens, initial: Sequence[Any], gates: int, m
         x = jnp.swapaxes(x, 0, 1)
         initial = [None if s is None else jnp.swapaxes(jnp.asarray(s), 0, 1) for s in initial]
     dtype = x.dtype
-    steps, batch = x.shape[0], x.shape[1]
+    batch = x.shape[1]
     hidden = int(ctx.attr("hidden_size", None) or r.shape[-1])
     direction = ctx.attr("direction", "forward")
     n_dir = 2 if direction == "bidirectional" else 1

@@ -11,8 +11,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from autofuse.lowering import is_concrete
-from autofuse.ops.registry import MANY_TO_MANY, ONE_TO_MANY, ONE_TO_ONE, REORGANIZE, Ctx, op
+from autofuse.ops.registry import MANY_TO_MANY, ONE_TO_ONE, REORGANIZE, Ctx, op
 
 
 def _position(value: Any, length: int, default: int, *, inserting: bool = False) -> int:

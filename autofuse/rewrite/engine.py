@@ -15,7 +15,15 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from autofuse.errors import AutofuseError
-from autofuse.ir import SMALL_CONSTANT_ELEMENTS, Const, Graph, Model, Node, TensorType, subgraph_free_values
+from autofuse.ir import (
+    SMALL_CONSTANT_ELEMENTS,
+    Const,
+    Model,
+    Node,
+    TensorType,
+    live_nodes,
+    subgraph_free_values,
+)
 from autofuse.settle import settle
 
 Match = tuple[Node, ...]
@@ -233,7 +241,7 @@ def apply(model: Model, match: Match, replacement: Replacement) -> Model:
         else:
             constants[name] = Const(array)
         types[name] = TensorType(str(array.dtype), tuple(int(d) for d in array.shape))
-    nodes = _live(nodes, graph.outputs)
+    nodes = live_nodes(nodes, graph.outputs)
     used = {i for n in nodes for i in n.inputs if i} | set(graph.outputs) | subgraph_free_values(nodes)
     weights = {k: v for k, v in weights.items() if k in used}
     constants = {k: v for k, v in constants.items() if k in used}
@@ -253,17 +261,6 @@ def _renamed(node: Node, aliases: Mapping[str, str]) -> Node:
     if not aliases or not any(i in aliases for i in node.inputs):
         return node
     return node.replace(inputs=tuple(aliases.get(i, i) for i in node.inputs))
-
-
-def _live(nodes: list[Node], outputs: Iterable[str]) -> list[Node]:
-    needed = set(outputs)
-    live: list[Node] = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.outputs if o):
-            live.append(node)
-            needed.update(i for i in node.inputs if i)
-            needed.update(subgraph_free_values([node]))
-    return list(reversed(live))
 
 
 def _check_defined(nodes: list[Node], outputs: Iterable[str], defined: set[str]) -> None:
