@@ -5,6 +5,7 @@ from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     control,
     elementwise,
     image,
+    internal,
     nn,
     quantization,
     recurrent,

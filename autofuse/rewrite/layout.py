@@ -1,5 +1,9 @@
 """Layout and algorithm rules for convolutions.
 
+* The channels-last rules of `autofuse.rewrite.transpose` (2-D Conv -> NHWC,
+  transposes sunk through elementwise ops, pooling and Concat until they cancel)
+  come first; what they leave NCHW may still take the rule below.
+
 * `conv1x1_to_matmul`: a pointwise (1x1, stride 1, no padding, group 1) Conv is a
   matmul over channels: Reshape(x, [N, C, HW]) -> MatMul(W[M, C], .) -> + b[M, 1]
   -> Reshape([N, M, H, W]). XLA's CPU dot runs this form markedly faster than its
@@ -13,6 +17,7 @@ import numpy as np
 
 from autofuse.ir import Node
 from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
+from autofuse.rewrite.transpose import TRANSPOSE_RULES
 
 FAMILY = "layout"
 
@@ -70,4 +75,5 @@ def _pointwise_as_matmul(m: Match, view: View) -> Replacement:
 CONV1X1_TO_MATMUL = Rule("conv1x1_to_matmul", FAMILY, frozenset({"Conv"}),
                          _match_conv, _check_pointwise, _pointwise_as_matmul)
 
-LAYOUT = RuleSet("layout", (CONV1X1_TO_MATMUL,))
+CONV1X1 = RuleSet("conv1x1", (CONV1X1_TO_MATMUL,))
+LAYOUT = RuleSet("layout", TRANSPOSE_RULES + (CONV1X1_TO_MATMUL,))
