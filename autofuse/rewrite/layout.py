@@ -17,7 +17,7 @@ import numpy as np
 
 from autofuse.ir import Node
 from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
-from autofuse.rewrite.transpose import TRANSPOSE_RULES
+from autofuse.rewrite.transpose import TRANSPOSE_RULES, pointwise_decline
 
 FAMILY = "layout"
 
@@ -38,15 +38,7 @@ def _check_pointwise(m: Match, view: View) -> str | None:
         return "input shape is unknown"
     if any(k != 1 for k in w.shape[2:]):
         return f"kernel {list(w.shape[2:])} is not 1x1"
-    if conv.attr("group", 1) != 1:
-        return "grouped convolution"
-    if any(s != 1 for s in conv.attr("strides", ())):
-        return "stride is not 1"
-    if any(p != 0 for p in conv.attr("pads", ())):
-        return "padded convolution"
-    if any(d != 1 for d in conv.attr("dilations", ())):
-        return "dilated convolution"
-    return None
+    return pointwise_decline(conv)
 
 
 def _pointwise_as_matmul(m: Match, view: View) -> Replacement:

@@ -115,13 +115,8 @@ def _conv_to_nhwc(m: Match, view: View) -> Replacement:
 CONV_TO_NHWC = _rule("conv_to_nhwc", {"Conv"}, _check_conv, _conv_to_nhwc)
 
 
-def _check_pointwise_nhwc(m: Match, view: View) -> str | None:
-    conv = m[0]
-    if conv.domain != DOMAIN:
-        return "not the autofuse ConvNHWC"
-    w = view.tensor(conv.inputs[1])
-    if w is None or w.shape[:2] != (1, 1):
-        return "kernel is not 1x1"
+def pointwise_decline(conv: Node) -> str | None:
+    """Why a 1x1 convolution is not a plain matrix product (None when it is)."""
     if conv.attr("group", 1) != 1:
         return "grouped convolution"
     if any(s != 1 for s in conv.attr("strides", ())):
@@ -129,6 +124,16 @@ def _check_pointwise_nhwc(m: Match, view: View) -> str | None:
     if any(p != 0 for p in conv.attr("pads", ())):
         return "padded convolution"
     return None
+
+
+def _check_pointwise_nhwc(m: Match, view: View) -> str | None:
+    conv = m[0]
+    if conv.domain != DOMAIN:
+        return "not the autofuse ConvNHWC"
+    w = view.tensor(conv.inputs[1])
+    if w is None or w.shape[:2] != (1, 1):
+        return "kernel is not 1x1"
+    return pointwise_decline(conv)
 
 
 def _pointwise_nhwc_as_matmul(m: Match, view: View) -> Replacement:
