@@ -17,7 +17,7 @@ import numpy as np
 
 from autofuse.ir import Node
 from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
-from autofuse.rewrite.transpose import TRANSPOSE_RULES, pointwise_decline
+from autofuse.rewrite.transpose import TRANSPOSE_RULES, constant_conv_decline, pointwise_decline
 
 FAMILY = "layout"
 
@@ -28,14 +28,10 @@ def _match_conv(node: Node, view: View) -> Match | None:
 
 def _check_pointwise(m: Match, view: View) -> str | None:
     conv = m[0]
+    reason = constant_conv_decline(conv, view)
+    if reason:
+        return reason
     w = view.tensor(conv.inputs[1])
-    x_shape = view.shape(conv.inputs[0])
-    if w is None:
-        return "Conv weights are not constant"
-    if len(conv.inputs) > 2 and conv.inputs[2] and view.tensor(conv.inputs[2]) is None:
-        return "Conv bias is not constant"
-    if x_shape is None:
-        return "input shape is unknown"
     if any(k != 1 for k in w.shape[2:]):
         return f"kernel {list(w.shape[2:])} is not 1x1"
     return pointwise_decline(conv)

@@ -84,15 +84,23 @@ def _rule(name: str, ops, check, rewrite) -> Rule:
 
 # ---------------------------------------------------------------- Conv -> ConvNHWC
 
-def _check_conv(m: Match, view: View) -> str | None:
-    conv = m[0]
-    w, x_shape = view.tensor(conv.inputs[1]), view.shape(conv.inputs[0])
-    if w is None:
+def constant_conv_decline(conv: Node, view: View) -> str | None:
+    """Why a Conv cannot be rewritten at rewrite time: runtime weights, bias or shape."""
+    if view.tensor(conv.inputs[1]) is None:
         return "Conv weights are not constant"
     if len(conv.inputs) > 2 and conv.inputs[2] and view.tensor(conv.inputs[2]) is None:
         return "Conv bias is not constant"
-    if x_shape is None:
+    if view.shape(conv.inputs[0]) is None:
         return "input shape is unknown"
+    return None
+
+
+def _check_conv(m: Match, view: View) -> str | None:
+    conv = m[0]
+    reason = constant_conv_decline(conv, view)
+    if reason:
+        return reason
+    x_shape = view.shape(conv.inputs[0])
     if len(x_shape) != 4:
         return f"{len(x_shape) - 2}-D convolution, not 2-D"
     return None
