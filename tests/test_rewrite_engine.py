@@ -103,3 +103,13 @@ def test_new_tensors_become_weights_or_constants_by_size():
         nodes=(neg.replace(op_type="Add", inputs=(neg.inputs[0], "s")),), tensors={"s": small, "unused": big})
     new = apply(model, (neg,), replacement)
     assert "s" in new.graph.constant_map and "unused" not in new.weights
+
+
+def test_where_limits_a_rule_to_the_chosen_matches():
+    model = tiny([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+                 {"x": [4]}, ["y"])
+    only_second = rewrite(model, RuleSet("toy", (_relu_to_abs(),)),
+                          where=lambda rule, match: match[-1].outputs[0] == "y")
+    assert ops(only_second.model) == ["Relu", "Abs"]
+    assert only_second.fired == {"relu_to_abs": 1}
+    assert ops(rewrite(model, RuleSet("toy", (_relu_to_abs(),))).model) == ["Abs", "Abs"]

@@ -148,6 +148,10 @@ class RuleSet:
         return len(self.rules)
 
 
+# Decides, per match, whether a rule may fire there (the search's per-op choices).
+WhereFn = Callable[[Rule, Match], bool]
+
+
 class RewriteResult(NamedTuple):
     """The rewritten (settled) model, fires per rule, and final declines per rule and reason."""
 
@@ -157,24 +161,25 @@ class RewriteResult(NamedTuple):
 
 
 def rewrite(model: Model, rule_sets: RuleSet | Sequence[RuleSet], *, budget: int = 100_000,
-            max_passes: int = 50) -> RewriteResult:
+            max_passes: int = 50, where: WhereFn | None = None) -> RewriteResult:
     """Applies rules to a fixed point (at most `budget` fires); the result is settled.
 
     A sequence of rule sets is a pipeline: each set runs to its own fixed point,
-    in order (combine sets with `+` to let their rules compete in one).
+    in order (combine sets with `+` to let their rules compete in one). `where`,
+    if given, lets a rule fire only at the matches it accepts.
     """
     steps = [rule_sets] if isinstance(rule_sets, RuleSet) else list(rule_sets)
     model = settle(model)
     fired: Counter[str] = Counter()
     declined: dict[str, dict[str, int]] = {}
     for step in steps:
-        model, step_declined = _fixed_point(model, step, fired, budget, max_passes)
+        model, step_declined = _fixed_point(model, step, fired, budget, max_passes, where)
         declined.update(step_declined)
     return RewriteResult(model, dict(fired), declined)
 
 
 def _fixed_point(model: Model, rule_set: RuleSet, fired: Counter, budget: int,
-                 max_passes: int) -> tuple[Model, dict[str, dict[str, int]]]:
+                 max_passes: int, where: WhereFn | None = None) -> tuple[Model, dict[str, dict[str, int]]]:
     by_op: dict[str, list[Rule]] = {}
     for rule in rule_set:
         for op in rule.op_types:
@@ -182,7 +187,7 @@ def _fixed_point(model: Model, rule_set: RuleSet, fired: Counter, budget: int,
     declined: dict[str, Counter] = {}
     for _ in range(max_passes):
         declined = {}
-        model, changed = _one_pass(model, by_op, fired, declined, budget)
+        model, changed = _one_pass(model, by_op, fired, declined, budget, where)
         if not changed:
             break
         model = settle(model)
@@ -192,7 +197,8 @@ def _fixed_point(model: Model, rule_set: RuleSet, fired: Counter, budget: int,
 
 
 def _one_pass(model: Model, by_op: Mapping[str, list[Rule]], fired: Counter,
-              declined: dict[str, Counter], budget: int) -> tuple[Model, bool]:
+              declined: dict[str, Counter], budget: int,
+              where: WhereFn | None = None) -> tuple[Model, bool]:
     """One sweep over the nodes; a fired rule's replacement is looked at again."""
     changed = False
     view = View(model)
@@ -204,7 +210,7 @@ def _one_pass(model: Model, by_op: Mapping[str, list[Rule]], fired: Counter,
             if sum(fired.values()) >= budget:
                 return view.model, changed
             match = rule.match(node, view)
-            if match is None:
+            if match is None or (where is not None and not where(rule, match)):
                 continue
             reason = rule.check(match, view)
             if reason is not None:
