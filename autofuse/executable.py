@@ -62,6 +62,13 @@ class Executable:
         weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self._weights.items()}
         return jax.jit(self._function).lower(weight_specs, self._input_specs)
 
+    def export(self, platforms: tuple[str, ...] = ("cpu",)) -> "jax.export.Exported":
+        """The computation serialisable through `jax.export` (weights and inputs as arguments)."""
+        from jax import export
+
+        weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self._weights.items()}
+        return export.export(jax.jit(self._function), platforms=platforms)(weight_specs, self._input_specs)
+
     def compile(self) -> "Executable":
         """Compiles through XLA; records how long it took."""
         if self._compiled is None:
