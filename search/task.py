@@ -106,16 +106,21 @@ def subgraph_model(model: Model, members: tuple[int, ...], name: str = "task") -
 
     Its inputs are the values it reads that another node computes or the model
     takes as input; weights and constants it reads come along; its outputs are
-    the values read outside it (or model outputs).
+    the values read outside it (or model outputs). Values are renamed by first
+    appearance, so identical subgraphs cut from different places are equal.
     """
     graph = model.graph
     nodes = [graph.nodes[i] for i in members]
     produced = {o for n in nodes for o in n.outputs if o}
     read = [v for n in nodes for v in n.inputs if v]
-    constants = dict(graph.constants)
+    # Float tensors (biases, scales) do not change the work, only the numbers:
+    # they travel as weights, so blocks that differ only in them share a key.
+    constants = {k: c for k, c in graph.constants if not (c.array.dtype.kind == "f" and c.array.size > 1)}
+    all_weights = dict(model.weights)
+    all_weights.update({k: c.array for k, c in graph.constants if k not in constants})
     inputs = []
     for v in read:
-        if v not in produced and v not in constants and v not in model.weights and v not in inputs:
+        if v not in produced and v not in constants and v not in all_weights and v not in inputs:
             inputs.append(v)
     member_set = set(members)
     outside_reads = {v for i, n in enumerate(graph.nodes) if i not in member_set for v in n.inputs}
@@ -123,7 +128,7 @@ def subgraph_model(model: Model, members: tuple[int, ...], name: str = "task") -
     outputs = [o for n in nodes for o in n.outputs if o and o in outside_reads]
     used = set(read) | set(outputs)
     ordered = tuple(nodes)  # members index a topologically ordered graph
-    canon = _canonical_names(inputs, ordered, constants, model.weights)
+    canon = _canonical_names(inputs, ordered, constants, all_weights)
     rename = lambda v: canon.get(v, v)  # noqa: E731
     sub = Graph(
         nodes=tuple(n.replace(inputs=tuple(rename(v) for v in n.inputs),
@@ -131,12 +136,12 @@ def subgraph_model(model: Model, members: tuple[int, ...], name: str = "task") -
         inputs=tuple(rename(v) for v in inputs),
         outputs=tuple(rename(v) for v in outputs),
         types=tuple(sorted((rename(k), t) for k, t in graph.types if k in used or k in produced)),
-        constants=tuple(sorted((rename(k), c) for k, c in graph.constants if k in used)),
-        weights=tuple(sorted(rename(k) for k in model.weights if k in used)),
+        constants=tuple(sorted((rename(k), c) for k, c in constants.items() if k in used)),
+        weights=tuple(sorted(rename(k) for k in all_weights if k in used)),
         opsets=graph.opsets,
         name=name,
     )
-    weights = {rename(k): model.weights[k] for k in model.weights if k in used}
+    weights = {rename(k): all_weights[k] for k in all_weights if k in used}
     return Model(sub, weights, f"{model.source}#{name}")
 
 

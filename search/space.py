@@ -1,0 +1,150 @@
+"""The candidate space of a task: frozen, serialisable decisions and how to apply them.
+
+A candidate is a dict of decisions, JSON-able and replayable from the database:
+
+- ``"node:<i>/algorithm"``: the rewrite rule that lowers task node ``i`` (or
+  ``"default"``): im2col, Winograd, depthwise taps, pre-transposed weights ...
+- ``"edge:<i>-><j>/fuse"``: ``"fuse"`` or ``"split"`` for a yellow edge of
+  DNNFusion's table inside the task (a split holds the value in an
+  optimization barrier, so XLA keeps the two ops in separate kernels).
+
+The same decisions apply to every occurrence of the task in the model:
+`model_choices` maps them onto the model's value names, and `apply_choices`
+realises them on a model (rules fired only where chosen, barriers returned).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from autofuse.fusion.extended import extend
+from autofuse.fusion.table import Verdict, fuse
+from autofuse.ir import Model
+from autofuse.rewrite import Rule, RuleSet, View, rewrite
+from autofuse.search.task import Task
+
+DEFAULT = "default"
+FUSE, SPLIT = "fuse", "split"
+Candidate = dict[str, str]
+
+
+def choice_rules() -> dict[str, Rule]:
+    """Every per-op lowering alternative the search may choose, by rule name."""
+    from autofuse.rewrite.algorithm import CHOICES
+
+    return {rule.name: rule for rule in CHOICES}
+
+
+def candidate_key(candidate: Mapping[str, str]) -> str:
+    """A stable hash of a candidate's canonical JSON."""
+    text = json.dumps(dict(candidate), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Space:
+    """The decisions of one task and the choices each one has (the first is the default)."""
+
+    decisions: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def default(self) -> Candidate:
+        return {name: choices[0] for name, choices in self.decisions}
+
+    def size(self) -> int:
+        total = 1
+        for _, choices in self.decisions:
+            total *= len(choices)
+        return total
+
+    def canonical(self, candidate: Mapping[str, str]) -> Candidate:
+        """Fills missing decisions with defaults and drops unknown ones."""
+        return {name: candidate.get(name, choices[0]) if candidate.get(name) in choices else choices[0]
+                for name, choices in self.decisions}
+
+    def all_candidates(self, limit: int = 4096) -> list[Candidate]:
+        """Every candidate (up to `limit`), default first."""
+        result: list[Candidate] = [{}]
+        for name, choices in self.decisions:
+            result = [dict(c, **{name: choice}) for c in result for choice in choices][:limit]
+        return result
+
+
+def task_space(task: Task, rules: Mapping[str, Rule] | None = None) -> Space:
+    """The decisions that apply to a task: per-node algorithm choices whose rule
+    accepts the node, and one fuse/split decision per yellow edge."""
+    rules = choice_rules() if rules is None else rules
+    graph = task.model.graph
+    view = View(task.model)
+    decisions: list[tuple[str, tuple[str, ...]]] = []
+    for i, node in enumerate(graph.nodes):
+        applicable = []
+        for name, rule in rules.items():
+            if node.op_type not in rule.op_types:
+                continue
+            match = rule.match(node, view)
+            if match is not None and match[-1] is node and rule.check(match, view) is None:
+                applicable.append(name)
+        if applicable:
+            decisions.append((f"node:{i}/algorithm", (DEFAULT, *sorted(applicable))))
+    eg = extend(graph)
+    for consumer, producers in enumerate(eg.predecessors):
+        for producer in producers:
+            cell = fuse(eg.infos[producer].mapping, eg.infos[consumer].mapping)
+            if cell.verdict is Verdict.YELLOW:
+                decisions.append((f"edge:{producer}->{consumer}/fuse", (FUSE, SPLIT)))
+    return Space(tuple(decisions))
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Decisions mapped onto one model's values: rule per root output, values to split at."""
+
+    algorithms: Mapping[str, str] = field(default_factory=dict)
+    splits: frozenset[str] = frozenset()
+
+
+def model_choices(pairs: Iterable[tuple[Task, Mapping[str, str]]]) -> Choices:
+    """Maps each task's chosen candidate onto every occurrence of the task."""
+    algorithms: dict[str, str] = {}
+    splits: set[str] = set()
+    for task, candidate in pairs:
+        for occurrence in task.occurrences:
+            _collect(candidate, occurrence.node_outputs, algorithms, splits)
+    return Choices(algorithms, frozenset(splits))
+
+
+def task_choices(task: Task, candidate: Mapping[str, str]) -> Choices:
+    """A candidate mapped onto the task's own standalone model."""
+    algorithms: dict[str, str] = {}
+    splits: set[str] = set()
+    _collect(candidate, tuple(n.outputs[0] for n in task.nodes), algorithms, splits)
+    return Choices(algorithms, frozenset(splits))
+
+
+def _collect(candidate: Mapping[str, str], outputs: tuple[str, ...], algorithms: dict[str, str],
+             splits: set[str]) -> None:
+    for name, choice in candidate.items():
+        kind, _, what = name.partition(":")
+        target, _, decision = what.partition("/")
+        if kind == "node" and decision == "algorithm" and choice != DEFAULT:
+            algorithms[outputs[int(target)]] = choice
+        elif kind == "edge" and decision == "fuse" and choice == SPLIT:
+            producer = int(target.split("->")[0])
+            splits.add(outputs[producer])
+
+
+def apply_choices(model: Model, choices: Choices, rules: Mapping[str, Rule] | None = None
+                  ) -> tuple[Model, frozenset[str]]:
+    """The model with each chosen rule fired at its node, and the values to hold in barriers."""
+    if choices.algorithms:
+        rules = choice_rules() if rules is None else rules
+        chosen = RuleSet("chosen", tuple(rules[name] for name in sorted(set(choices.algorithms.values()))))
+
+        def where(rule: Rule, match: tuple) -> bool:
+            return choices.algorithms.get(match[-1].outputs[0]) == rule.name
+
+        model = rewrite(model, chosen, where=where).model
+    produced = {o for n in model.graph.nodes for o in n.outputs}
+    return model, frozenset(v for v in choices.splits if v in produced)
