@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = sub.add_parser("zoo", help="list the built-in zoo models")
     zoo.set_defaults(func=cmd_zoo)
+
+    from autofuse.database.commands import add_db_parser
+
+    add_db_parser(sub)
     return parser
 
 
