@@ -44,10 +44,6 @@ class Target:
         fields["isa"] = list(self.isa)
         return stable_hash(fields)
 
-    def describe(self) -> str:
-        """One line for humans: kind, device, versions."""
-        return f"{self.kind} {self.device}, jax {self.jax_version}"
-
 
 def current_target(kind: str = "cpu") -> Target:
     """The fingerprint of this machine for `kind` ("cpu" or "gpu")."""
