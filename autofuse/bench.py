@@ -15,6 +15,7 @@ from autofuse.runners.protocol import Timing, compare as compare_interleaved
 XLA = "autofuse (XLA default)"
 PLAN = "DNNFusion plan"
 OP_BY_OP = "op by op"
+TUNED = "autofuse tuned"
 ORT = "onnxruntime"
 
 
@@ -72,10 +73,12 @@ def bench_model(
     rewrites: Sequence[str] = (),
     seconds: float = 5.0,
     seed: int = 0,
+    tuned_db: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchRow:
     """Times `name` under XLA's default fusion (optionally also the DNNFusion plan,
-    op by op, and after rewrites) beside onnxruntime, interleaved in one process."""
+    op by op, after rewrites, and as tuned by the records in `tuned_db`) beside
+    onnxruntime, interleaved in one process."""
     if compare not in ("ort", "none"):
         raise AutofuseError(f"--compare {compare!r}: expected 'ort' or 'none'")
     threads = os.cpu_count() or 1
@@ -100,6 +103,12 @@ def bench_model(
         fired = ", ".join(f"{rule} {n}" for rule, n in sorted(result.fired.items()) if n)
         progress(f"{name}: rules fired: {fired or 'none'}")
         executables[f"rewritten ({'+'.join(rewrites)})"] = compile_model(result.model)
+    if tuned_db:
+        from autofuse.tuning import best_known
+
+        progress(f"{name}: applying the best records of {tuned_db} and compiling")
+        tuned = best_known(model, db=tuned_db)
+        executables[TUNED] = Executable(tuned.model, barriers=tuned.barriers).compile()
     contenders = {label: _blocking(exe, inputs) for label, exe in executables.items()}
     outputs = {label: exe(inputs) for label, exe in executables.items()}
     reference = outputs[XLA]

@@ -14,6 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 
 EPILOG = """examples:
+  autofuse tune zoo:resnet50 --time-budget 10m -o resnet50.afz
+  autofuse run resnet50.afz
+  autofuse compile model.onnx --db autofuse.db -o model.afz
   autofuse run zoo:resnet50
   autofuse run model.onnx --inputs x.npz --output y.npz
   autofuse bench zoo:resnet50 zoo:bert_base --compare ort
@@ -59,6 +62,9 @@ def _load_inputs(path: str | None, model: Any, seed: int) -> dict[str, np.ndarra
 def cmd_run(args: argparse.Namespace) -> int:
     from autofuse.api import compile_model, import_onnx
 
+    if str(args.model).endswith(".afz"):
+        return _run_artifact(args)
+
     model = import_onnx(args.model, shapes=_parse_shapes(args.shape))
     executable = compile_model(model, rewrites=_parse_rewrites(args.rewrite))
     inputs = _load_inputs(args.inputs, model, args.seed)
@@ -76,6 +82,157 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_artifact(args: argparse.Namespace) -> int:
+    import time
+
+    from autofuse.artifact import load_artifact
+    from autofuse.errors import AutofuseError
+
+    tuned = load_artifact(args.model)
+    if args.inputs:
+        try:
+            with np.load(args.inputs, allow_pickle=False) as data:
+                inputs = {k: data[k] for k in data.files}
+        except Exception as error:
+            raise AutofuseError(f"--inputs {args.inputs}: cannot read it as .npz: {error}") from None
+    else:
+        rng = np.random.default_rng(args.seed)
+        inputs = {i["name"]: (rng.standard_normal(i["shape"]) if np.dtype(i["dtype"]).kind == "f"
+                              else rng.integers(0, 2, i["shape"])).astype(i["dtype"])
+                  for i in tuned.manifest["inputs"]}
+    start = time.perf_counter()
+    outputs = tuned(inputs)
+    print(f"{args.model}: tuned from {tuned.manifest['source']}, ran in {time.perf_counter() - start:.2f} s (incl. compile)")
+    for name, value in zip(tuned.output_names, outputs):
+        print(f"  {name}: {value.dtype} {list(value.shape)}")
+    if args.output:
+        np.savez(args.output, **dict(zip(tuned.output_names, outputs)))
+        print(f"outputs written to {args.output}")
+    return 0
+
+
+def _parse_duration(value: str) -> float:
+    """'90', '90s', '10m', '1h' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = value.strip().lower()
+    try:
+        if text and text[-1] in units:
+            seconds = float(text[:-1]) * units[text[-1]]
+        else:
+            seconds = float(text)
+    except ValueError:
+        raise SystemExit(f"autofuse: error: --time-budget {value!r}: expected e.g. 90s, 10m or 1h") from None
+    if seconds <= 0:
+        raise SystemExit(f"autofuse: error: --time-budget {value!r}: must be positive")
+    return seconds
+
+
+class ProgressLine:
+    """One self-rewriting status line on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, p: Any) -> None:
+        parts = [f"[{p.phase}]"]
+        if p.trials_total:
+            parts.append(f"trials {p.trials}/{p.trials_total}")
+        else:
+            parts.append(f"trials {p.trials}")
+        if p.best_task_speedup:
+            parts.append(f"best task speedup {p.best_task_speedup:.2f}x")
+        parts.append(f"{p.elapsed_s:.0f}s elapsed" + (f", {p.time_left_s:.0f}s left" if p.time_left_s is not None else ""))
+        line = " | ".join(parts) + (f" | {p.message}" if p.message else "")
+        if self.tty:
+            print("\r\033[K" + line[:160], end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def format_tune_result(result: Any) -> str:
+    """The closing tables: per task, then the whole model against XLA's default and onnxruntime."""
+    lines = [f"{result.source}: pipeline {','.join(result.pipeline) or 'none'}; "
+             f"{result.measurements} measurements, {result.reused} records reused from the database"]
+    lines.append(f"{'task':<10} {'ops':<34} {'x':>3} {'default':>10} {'best':>10} {'speedup':>8} {'meas':>5} {'reused':>6}  best decisions")
+    for t in result.tasks:
+        speedup = f"{t.default_ms / t.best_ms:.2f}x" if t.default_ms and t.best_ms else "-"
+        changed = ", ".join(f"{k}={v}" for k, v in t.best.items() if v not in ("default", "fuse")) or "defaults"
+        lines.append(f"{t.key[:8]:<10} {t.ops[:34]:<34} {t.occurrences:>3} "
+                     f"{f'{t.default_ms:.3f}' if t.default_ms else '-':>10} {f'{t.best_ms:.3f}' if t.best_ms else '-':>10} "
+                     f"{speedup:>8} {t.measured:>5} {t.reused:>6}  {changed[:60]}")
+    if result.median_ms:
+        lines.append("")
+        lines.append(f"{'whole model':<20} {'median':>11} {'vs XLA default':>15} {'vs onnxruntime':>15}")
+        xla = result.median_ms.get("XLA default")
+        ort = result.median_ms.get("onnxruntime")
+        for name, ms in result.median_ms.items():
+            lines.append(f"{name:<20} {ms:>8.2f} ms {f'{xla / ms:.2f}x faster' if xla else '-':>15} "
+                         f"{f'{ms / ort:.2f} (ratio)' if ort else '-':>15}")
+        if result.max_rel_diff is not None:
+            lines.append(f"max relative difference to onnxruntime: {result.max_rel_diff:.1e}")
+    lines.extend(f"note: {n}" for n in result.notes)
+    return "\n".join(lines)
+
+
+def _runner_for(args: argparse.Namespace) -> Any:
+    if args.runner == "local":
+        from autofuse.runners.local import LocalRunner
+
+        return LocalRunner(min_seconds=args.measure_seconds)
+    from autofuse.runners.ray import RayRunner
+
+    return RayRunner(address=args.address, num_cpus=args.workers, min_seconds=args.measure_seconds)
+
+
+def _save_result(result: Any, path: str, target_kind: str) -> None:
+    import dataclasses
+
+    from autofuse.artifact import save_artifact
+    from autofuse.database import current_target
+    from autofuse.executable import Executable
+
+    exe = Executable(result.model, barriers=result.barriers)
+    platforms = ("cuda",) if target_kind == "gpu" else ("cpu",)
+    save_artifact(path, exe, source=result.source, decisions=result.decisions,
+                  target=dataclasses.asdict(current_target(target_kind)), median_ms=result.median_ms,
+                  platforms=platforms)
+    print(f"tuned artifact written to {path}  (run it: autofuse run {path})")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from autofuse.tuning import tune
+
+    if args.trials is None and args.time_budget is None:
+        args.time_budget = "10m"
+    progress = ProgressLine()
+    try:
+        result = tune(args.model, db=args.db, runner=_runner_for(args), target=args.target,
+                      trials=args.trials,
+                      time_budget_s=_parse_duration(args.time_budget) if args.time_budget else None,
+                      shapes=_parse_shapes(args.shape), seed=args.seed, progress=progress)
+    finally:
+        progress.done()
+    print(format_tune_result(result))
+    if args.output:
+        _save_result(result, args.output, args.target)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from autofuse.tuning import best_known
+
+    result = best_known(args.model, db=args.db, target=args.target, shapes=_parse_shapes(args.shape))
+    applied = sum(1 for t in result.tasks if t.best_ms is not None)
+    print(f"{args.model}: pipeline {','.join(result.pipeline) or 'none'}; best records applied to "
+          f"{applied} of {len(result.tasks)} tasks (nothing measured)")
+    _save_result(result, args.output, args.target)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from autofuse.bench import bench_model
 
@@ -83,7 +240,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name in args.models:
         row = bench_model(name, shapes=_parse_shapes(args.shape), compare=args.compare,
                           plans=args.plans, rewrites=_parse_rewrites(args.rewrite),
-                          seconds=args.seconds, seed=args.seed,
+                          seconds=args.seconds, seed=args.seed, tuned_db=args.db,
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
         rows.append(row)
         if not args.json:
@@ -120,6 +277,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"yellow decisions ({len(summary.yellow_decisions)}, left to the search; default shown):")
     for d in summary.yellow_decisions:
         print(f"  {d['key']}  {d['edge']}  {'fuse' if d['fuse'] else 'split'}")
+    return 0
+
+
+def cmd_rewrites(args: argparse.Namespace) -> int:
+    from autofuse.api import import_onnx, rule_families
+    from autofuse.errors import AutofuseError
+    from autofuse.rewrite.accounting import account
+
+    known = rule_families()
+    names = _parse_rewrites(args.rewrite) or tuple(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise AutofuseError(f"--rewrite: unknown families {unknown}; known: {', '.join(known)}")
+    model = import_onnx(args.model, shapes=_parse_shapes(args.shape))
+    lines = account(model, [(n, known[n]) for n in known if n in names])
+    if args.json:
+        print(json.dumps([{"scope": a.scope, "name": a.name, "fires": a.fires,
+                           "flops_before": a.before.flops, "flops_after": a.after.flops,
+                           "bytes_before": a.before.bytes, "bytes_after": a.after.bytes,
+                           "nodes_before": a.before.nodes, "nodes_after": a.after.nodes} for a in lines], indent=2))
+        return 0
+    print(f"{'scope':<7} {'rule / family':<44} {'fires':>6} {'GFLOPs before':>14} {'removed':>9} "
+          f"{'MB moved before':>16} {'removed':>9} {'nodes':>11}")
+    for a in lines:
+        flops = 100 * a.flops_removed / a.before.flops if a.before.flops else 0.0
+        moved = 100 * a.bytes_removed / a.before.bytes if a.before.bytes else 0.0
+        print(f"{a.scope:<7} {a.name[:44]:<44} {a.fires:>6} {a.before.flops / 1e9:>14.3f} {flops:>8.1f}% "
+              f"{a.before.bytes / 1e6:>16.1f} {moved:>8.1f}% {a.before.nodes:>5}->{a.after.nodes:<5}")
     return 0
 
 
@@ -170,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bind an input's dynamic dimensions (repeatable)")
         p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
 
-    run = sub.add_parser("run", help="compile a model with XLA and run it once")
-    run.add_argument("model", help="an .onnx file or a zoo name such as zoo:resnet50")
+    run = sub.add_parser("run", help="run a tuned .afz artifact, or compile a model with XLA and run it once")
+    run.add_argument("model", help="a tuned .afz, an .onnx file or a zoo name such as zoo:resnet50")
     run.add_argument("--inputs", metavar="X.npz", help="inputs by name (default: seeded random)")
     run.add_argument("--output", "-o", metavar="Y.npz", help="write the outputs here")
     add_model_options(run)
@@ -185,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plans", action="store_true",
                        help="also time the DNNFusion plan and op by op (kernel counts included)")
     bench.add_argument("--json", action="store_true", help="print results as JSON")
+    bench.add_argument("--db", metavar="PATH", help="also time the model as tuned by this database's best records")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)
 
@@ -195,12 +381,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(analyze)
     analyze.set_defaults(func=cmd_analyze)
 
+    rw = sub.add_parser("rewrites", help="what each rewrite rule fires on a model, and the FLOPs and bytes it removes")
+    rw.add_argument("model", help="an .onnx file or a zoo name")
+    rw.add_argument("--json", action="store_true", help="print the accounting as JSON")
+    add_model_options(rw)
+    rw.set_defaults(func=cmd_rewrites)
+
     conf = sub.add_parser("conformance", help="run the onnx package's node test cases and print the count")
     conf.add_argument("--show-failures", action="store_true")
     conf.set_defaults(func=cmd_conformance)
 
+    tune = sub.add_parser("tune", help="tune a model: search rewrites x fusion x lowering, measure for real")
+    tune.add_argument("model", help="an .onnx file or a zoo name")
+    budget = tune.add_mutually_exclusive_group()
+    budget.add_argument("--time-budget", metavar="T", help="stop searching after T (e.g. 90s, 10m; default 10m)")
+    budget.add_argument("--trials", type=int, metavar="N", help="stop after N measurements")
+    tune.add_argument("--db", default="autofuse.db", metavar="PATH",
+                      help="tuning database, created if missing (default autofuse.db)")
+    tune.add_argument("--workers", type=int, metavar="N", help="local Ray CPUs to use (default: all)")
+    tune.add_argument("--address", metavar="ADDR", help="join a Ray cluster (ray start --head ...) instead")
+    tune.add_argument("--runner", choices=["ray", "local"], default="ray",
+                      help="ray (default: local Ray, or --address) or local (one subprocess)")
+    tune.add_argument("--target", choices=["cpu", "gpu"], default="cpu", help="device to tune for")
+    tune.add_argument("--measure-seconds", type=float, default=0.3, metavar="S",
+                      help="minimum timing per candidate, after warm-up (default 0.3)")
+    tune.add_argument("-o", "--output", metavar="TUNED.afz", help="write the tuned artifact here")
+    tune.add_argument("--shape", action="append", metavar="NAME=DxD...", help="bind dynamic input dims")
+    tune.add_argument("--seed", type=int, default=0, help="seed for inputs and the search (default 0)")
+    tune.set_defaults(func=cmd_tune)
+
+    comp = sub.add_parser("compile", help="apply the best known records from a database, measuring nothing")
+    comp.add_argument("model", help="an .onnx file or a zoo name")
+    comp.add_argument("--db", required=True, metavar="PATH", help="tuning database")
+    comp.add_argument("-o", "--output", required=True, metavar="TUNED.afz", help="artifact to write")
+    comp.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
+    comp.add_argument("--shape", action="append", metavar="NAME=DxD...", help="bind dynamic input dims")
+    comp.set_defaults(func=cmd_compile)
+
     zoo = sub.add_parser("zoo", help="list the built-in zoo models")
     zoo.set_defaults(func=cmd_zoo)
+
 
     from autofuse.database.commands import add_db_parser
 

@@ -14,11 +14,10 @@ realises them on a model (rules fired only where chosen, barriers returned).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from autofuse.database.base import candidate_key  # noqa: F401  (re-exported for the search)
 from autofuse.fusion.extended import extend
 from autofuse.fusion.table import Verdict, fuse
 from autofuse.ir import Model
@@ -32,15 +31,9 @@ Candidate = dict[str, str]
 
 def choice_rules() -> dict[str, Rule]:
     """Every per-op lowering alternative the search may choose, by rule name."""
-    from autofuse.rewrite.algorithm import CHOICES
+    from autofuse.rewrite.algorithm import ALTERNATIVES, RULES
 
-    return {rule.name: rule for rule in CHOICES}
-
-
-def candidate_key(candidate: Mapping[str, str]) -> str:
-    """A stable hash of a candidate's canonical JSON."""
-    text = json.dumps(dict(candidate), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return {name: RULES[name] for names in ALTERNATIVES.values() for name in names}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from autofuse.ir import Graph, Node, TensorType
 from autofuse.lowering import spec_for
-from autofuse.ops.registry import Mapping
+from autofuse.ops.registry import Ctx, Mapping
 
 ASSOCIATIVE = "associative"
 COMMUTATIVE = "commutative"
@@ -76,10 +76,21 @@ def _itemsize(t) -> int:
 
 
 def node_flops(node: Node, graph: Graph) -> float:
-    """Multiply-adds count twice; elementwise work counts one per output element."""
+    """Multiply-adds count twice; elementwise work counts one per output element.
+
+    An op registered with its own cost function (autofuse's internal ops) is
+    counted by it."""
     types = [graph.type_of(i) for i in node.inputs]
     out = graph.type_of(node.outputs[0]) if node.outputs else None
     out_elems = _elements(out)
+    spec = spec_for(node, graph)
+    if spec.flops is not None:
+        out_types = [graph.type_of(o) for o in node.outputs]
+        return float(spec.flops(Ctx(node, graph.opset_of(node.domain), types, out_types), types, out_types))
+    if node.op_type == "ConvNHWC" and len(types) > 1:
+        w = types[1]  # HWIO: every output element reads kh x kw x (input channels per group) weights
+        if isinstance(w, TensorType) and w.is_static:
+            return 2.0 * out_elems * prod(w.shape[:3])
     if node.op_type in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv") and len(types) > 1:
         w = types[1] if node.op_type != "QLinearConv" else types[3]
         if isinstance(w, TensorType) and w.is_static:
