@@ -1,6 +1,7 @@
 """Op lowerings, one module per family; importing this package registers them all."""
 from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     attention,
+    blas,
     classic_ml,
     control,
     elementwise,
@@ -12,6 +13,7 @@ from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     reduction,
     sequence,
     signal,
+    sparse,
     tensor,
 )
 from autofuse.ops.registry import Mapping, OpSpec, lookup, registered_ops

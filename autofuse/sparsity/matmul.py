@@ -1,0 +1,58 @@
+"""x @ W for a compressed balanced-sparse W: the native kernel, or the pure-XLA gather form.
+
+`sparse_matmul` is traceable (use it under `jax.jit`). On CPU it calls the
+native FFI kernel when it is available (`native.kernel_target()`); elsewhere,
+or without a compiler, it uses the XLA form: gather x at the kept positions and
+contract. The XLA form is correct everywhere but slower than the dense matmul
+on CPU, which is why the kernel exists.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autofuse.errors import AutofuseError
+from autofuse.sparsity import native
+from autofuse.sparsity.compressed import LANES
+
+Impl = Literal["auto", "kernel", "xla"]
+
+
+def gather_form(x2: jax.Array, values: jax.Array, offsets: jax.Array, outputs: int, window: int) -> jax.Array:
+    """(M, K) @ sparse -> (M, N) with XLA ops only: gather the kept inputs, then contract."""
+    tiles, windows, _, _ = values.shape
+    positions = offsets.astype(jnp.int32) + (jnp.arange(windows, dtype=jnp.int32) * window)[None, :, None, None]
+    picked = jnp.take(x2, positions, axis=1)  # (M, NB, KW, S, 16)
+    y = jnp.einsum("mtwsl,twsl->mtl", picked, values.astype(x2.dtype))
+    return y.reshape(x2.shape[0], tiles * LANES)[:, :outputs]
+
+
+def _kernel_form(target: str):
+    def call(x2: jax.Array, values: jax.Array, offsets: jax.Array, outputs: int, window: int) -> jax.Array:
+        out = jax.ShapeDtypeStruct((x2.shape[0], outputs), jnp.float32)
+        return jax.ffi.ffi_call(target, out)(x2, values, offsets, window=np.int64(window))
+
+    return call
+
+
+def sparse_matmul(x: jax.Array, values: jax.Array, offsets: jax.Array, *, outputs: int, window: int,
+                  impl: Impl = "auto") -> jax.Array:
+    """x (..., K) @ W (K, outputs), W given by its compressed `values` and `offsets`."""
+    lead = x.shape[:-1]
+    x2 = x.reshape((-1, x.shape[-1]))
+    target = native.kernel_target() if impl != "xla" and x.dtype == jnp.float32 else None
+    if impl == "kernel" and target is None:
+        raise AutofuseError(native.unavailable_reason() or "the native sparse kernel needs float32 inputs")
+    if target is None:
+        y = gather_form(x2, values, offsets, outputs, window)
+    else:
+        kernel = _kernel_form(target)
+        y = jax.lax.platform_dependent(
+            x2, values, offsets,
+            cpu=lambda a, v, o: kernel(a, v, o, outputs, window),
+            default=lambda a, v, o: gather_form(a, v, o, outputs, window),
+        )
+    return y.reshape(lead + (outputs,))
