@@ -1,0 +1,513 @@
+"""Algorithm-choice rules: each is one form an op can take; which pays off is a decision.
+
+Convolutions (NCHW `Conv`, and the channels-last `ConvNHWC` the layout rules make):
+
+* `conv_im2col`, `nhwc_conv_im2col`: patches by strided slices (autofuse's
+  `PatchesNCHW` / `PatchesNHWC`), then one MatMul with the reshaped weight.
+* `winograd_f2x2_3x3`, `winograd_f4x4_3x3`: a stride-1, undilated, ungrouped 3x3
+  ConvNHWC becomes input transform -> batched MatMul over the (t+2)^2 tile
+  positions -> output transform. The weight transform G g G^T runs once, here,
+  in float64, and is stored as a new weight.
+* `depthwise_conv_nhwc`: a ConvNHWC with group == channels becomes
+  `DepthwiseConvNHWC`, kh*kw shifted multiplies that XLA fuses into one loop.
+
+Matrix products with a constant weight:
+
+* `matmul_weight_nk`: MatMul(x, W[K, N]) -> MatMulTransB(x, W^T) — the weight
+  stored (N, K), the layout XLA's CPU dot measured fastest in.
+* `gemm_weight_nk`: Gemm(transB=0) with a constant B -> Gemm(transB=1, B^T).
+
+Patterns lowered as one node:
+
+* `attention_unit`: MatMul(Softmax(MatMul(q, kt) * s [+ bias]) [Cast], v) ->
+  `DotProductAttention(q, kt, v, bias?)`.
+* `gelu_erf_unit`, `gelu_tanh_unit`: the exact (erf) and tanh GELU formulas as
+  exported by torch -> ONNX `Gelu`.
+
+Every rule is also its own one-rule set (`RULE_SETS[name]`), and `ALTERNATIVES`
+lists, per root op type, the rules a search may choose between for a node;
+`alternatives_for(model, node)` says which of them apply to it. `ALGORITHM`, the
+default family, holds only the rules that won in the measurements recorded in
+docs/decisions.md.
+"""
+from __future__ import annotations
+
+from math import prod
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from autofuse.ir import Model, Node
+from autofuse.ops.internal import DOMAIN, WINOGRAD_G, winograd_tiles
+from autofuse.ops.nn import _window_pads
+from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
+from autofuse.rewrite.transpose import constant_conv_decline
+
+FAMILY = "algorithm"
+
+
+def _root(node: Node, view: View) -> Match | None:
+    return (node,)
+
+
+def _attrs(**values) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(values.items()))
+
+
+def _has_bias(conv: Node) -> bool:
+    return len(conv.inputs) > 2 and bool(conv.inputs[2])
+
+
+def _ints(node: Node, name: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in node.attr(name, ()) or (1, 1))
+
+
+def _explicit_pads(conv: Node, spatial, kernel) -> tuple[int, ...]:
+    """ONNX-ordered explicit pads (begins, then ends), auto_pad resolved."""
+    pairs = _window_pads(conv, spatial, kernel, _ints(conv, "strides"), _ints(conv, "dilations"))
+    return tuple(int(p[0]) for p in pairs) + tuple(int(p[1]) for p in pairs)
+
+
+def _window_attrs(conv: Node, spatial, kernel) -> dict:
+    """Explicit kernel_shape, strides, dilations and pads of a 2-D conv window."""
+    return {"kernel_shape": tuple(int(k) for k in kernel), "strides": _ints(conv, "strides"),
+            "dilations": _ints(conv, "dilations"), "pads": _explicit_pads(conv, spatial, kernel)}
+
+
+# ---------------------------------------------------------------- convolution checks
+
+def _conv_decline(conv: Node, view: View, *, nhwc: bool) -> str | None:
+    """Why a (2-D, constant-weight) convolution cannot take any of these forms."""
+    if nhwc and conv.domain != DOMAIN:
+        return "not the autofuse ConvNHWC"
+    reason = constant_conv_decline(conv, view)
+    if reason:
+        return reason
+    if len(view.shape(conv.inputs[0])) != 4:
+        return f"{len(view.shape(conv.inputs[0])) - 2}-D convolution, not 2-D"
+    if view.shape(conv.outputs[0]) is None:
+        return "output shape is unknown"
+    return None
+
+
+def _check_im2col(nhwc: bool) -> Callable[[Match, View], str | None]:
+    def check(m: Match, view: View) -> str | None:
+        conv = m[0]
+        reason = _conv_decline(conv, view, nhwc=nhwc)
+        if reason:
+            return reason
+        return "grouped convolution" if conv.attr("group", 1) != 1 else None
+    return check
+
+
+# ---------------------------------------------------------------- im2col
+
+def _im2col_nhwc(m: Match, view: View) -> Replacement:
+    conv = m[0]
+    x, out = conv.inputs[0], conv.outputs[0]
+    w = view.tensor(conv.inputs[1])
+    kh, kw, c, k = w.shape
+    patches, w2 = view.fresh(out + "_patches"), view.fresh(conv.inputs[1] + "_im2col")
+    nodes = [Node("PatchesNHWC", (x,), (patches,), _attrs(**_window_attrs(conv, view.shape(x)[1:3], (kh, kw))),
+                  DOMAIN, conv.name)]
+    tensors = {w2: np.ascontiguousarray(w.reshape(kh * kw * c, k))}
+    if not _has_bias(conv):
+        nodes.append(Node("MatMul", (patches, w2), (out,)))
+    else:
+        mm = view.fresh(out + "_mm")
+        nodes += [Node("MatMul", (patches, w2), (mm,)), Node("Add", (mm, conv.inputs[2]), (out,))]
+    return Replacement(nodes=tuple(nodes), tensors=tensors)
+
+
+def _im2col_nchw(m: Match, view: View) -> Replacement:
+    conv = m[0]
+    x, out = conv.inputs[0], conv.outputs[0]
+    w = view.tensor(conv.inputs[1])
+    k = w.shape[0]
+    n, _, ho, wo = view.shape(out)
+    patches, w2, mm = view.fresh(out + "_patches"), view.fresh(conv.inputs[1] + "_im2col"), view.fresh(out + "_mm")
+    nodes = [Node("PatchesNCHW", (x,), (patches,),
+                  _attrs(**_window_attrs(conv, view.shape(x)[2:], w.shape[2:])), DOMAIN, conv.name),
+             Node("MatMul", (w2, patches), (mm,))]
+    tensors = {w2: np.ascontiguousarray(w.reshape(k, -1))}
+    if _has_bias(conv):
+        biased, b2 = view.fresh(out + "_biased"), view.fresh(conv.inputs[2] + "_col")
+        nodes.append(Node("Add", (mm, b2), (biased,)))
+        tensors[b2] = view.tensor(conv.inputs[2]).reshape(-1, 1).astype(w.dtype)
+        mm = biased
+    shape = view.fresh(out + "_shape")
+    nodes.append(Node("Reshape", (mm, shape), (out,)))
+    tensors[shape] = np.array([n, k, ho, wo], np.int64)
+    return Replacement(nodes=tuple(nodes), tensors=tensors)
+
+
+CONV_IM2COL = Rule("conv_im2col", FAMILY, frozenset({"Conv"}), _root, _check_im2col(False), _im2col_nchw)
+NHWC_CONV_IM2COL = Rule("nhwc_conv_im2col", FAMILY, frozenset({"ConvNHWC"}), _root, _check_im2col(True),
+                        _im2col_nhwc)
+
+
+# ---------------------------------------------------------------- Winograd
+
+def _check_winograd(m: Match, view: View) -> str | None:
+    conv = m[0]
+    reason = _conv_decline(conv, view, nhwc=True)
+    if reason:
+        return reason
+    w = view.tensor(conv.inputs[1])
+    if w.shape[:2] != (3, 3):
+        return f"kernel {list(w.shape[:2])} is not 3x3"
+    if any(s != 1 for s in _ints(conv, "strides")):
+        return "stride is not 1"
+    if any(d != 1 for d in _ints(conv, "dilations")):
+        return "dilated convolution"
+    if conv.attr("group", 1) != 1:
+        return "grouped convolution"
+    return None
+
+
+def winograd_weight(w: np.ndarray, tile: int) -> np.ndarray:
+    """U = G g G^T for an HWIO 3x3 kernel, as ((t+2)^2, C, K), computed in float64."""
+    g = WINOGRAD_G[tile]
+    u = np.einsum("ai,bj,ijck->abck", g, g, np.asarray(w, np.float64))
+    return u.reshape(-1, *w.shape[2:]).astype(w.dtype)
+
+
+def _winograd(tile: int) -> Callable[[Match, View], Replacement]:
+    def rewrite(m: Match, view: View) -> Replacement:
+        conv = m[0]
+        x, out = conv.inputs[0], conv.outputs[0]
+        n, ho, wo, _ = view.shape(out)
+        tiles, products, u = (view.fresh(out + s) for s in ("_wino_in", "_wino_mm", "_wino_u"))
+        pads = _explicit_pads(conv, view.shape(x)[1:3], (3, 3))
+        y = view.fresh(out + "_wino_out") if _has_bias(conv) else out
+        nodes = [Node("WinogradInputNHWC", (x,), (tiles,), _attrs(pads=pads, tile=tile), DOMAIN, conv.name),
+                 Node("MatMul", (tiles, u), (products,)),
+                 Node("WinogradOutputNHWC", (products,), (y,), _attrs(output_shape=(n, ho, wo), tile=tile), DOMAIN)]
+        if _has_bias(conv):
+            nodes.append(Node("Add", (y, conv.inputs[2]), (out,)))
+        return Replacement(nodes=tuple(nodes), tensors={u: winograd_weight(view.tensor(conv.inputs[1]), tile)})
+    return rewrite
+
+
+def winograd_tile_count(view: View, conv: Node, tile: int) -> int:
+    """How many output tiles a Winograd form of `conv` computes."""
+    n, ho, wo, _ = view.shape(conv.outputs[0])
+    return n * winograd_tiles(ho, tile) * winograd_tiles(wo, tile)
+
+
+WINOGRAD_F2 = Rule("winograd_f2x2_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd(2))
+WINOGRAD_F4 = Rule("winograd_f4x4_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd(4))
+
+
+# ---------------------------------------------------------------- depthwise
+
+def _check_depthwise(m: Match, view: View) -> str | None:
+    conv = m[0]
+    reason = _conv_decline(conv, view, nhwc=True)
+    if reason:
+        return reason
+    group, channels = conv.attr("group", 1), view.shape(conv.inputs[0])[-1]
+    if group == 1 or group != channels:
+        return f"group {group} is not the {channels} input channels"
+    if view.tensor(conv.inputs[1]).shape[-1] != channels:
+        return "channel multiplier is not 1"
+    return None
+
+
+def _depthwise(m: Match, view: View) -> Replacement:
+    conv = m[0]
+    w = view.tensor(conv.inputs[1])
+    w3 = view.fresh(conv.inputs[1] + "_dw")
+    attrs = _attrs(**_window_attrs(conv, view.shape(conv.inputs[0])[1:3], w.shape[:2]))
+    node = Node("DepthwiseConvNHWC", (conv.inputs[0], w3) + tuple(conv.inputs[2:]), conv.outputs, attrs, DOMAIN,
+                conv.name)
+    return Replacement(nodes=(node,), tensors={w3: np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1], -1))})
+
+
+DEPTHWISE_CONV_NHWC = Rule("depthwise_conv_nhwc", FAMILY, frozenset({"ConvNHWC"}), _root, _check_depthwise,
+                           _depthwise)
+
+
+# ---------------------------------------------------------------- weight layouts
+
+def _check_matmul_nk(m: Match, view: View) -> str | None:
+    node = m[0]
+    w = view.tensor(node.inputs[1])
+    if w is None:
+        return "B is not constant"
+    if w.ndim != 2:
+        return f"B is {w.ndim}-D, not a 2-D weight"
+    a = view.shape(node.inputs[0])
+    if a is None or len(a) < 2:
+        return "A is a vector or its shape is unknown"
+    return None
+
+
+def _matmul_nk(m: Match, view: View) -> Replacement:
+    node = m[0]
+    wt = view.fresh(node.inputs[1] + "_nk")
+    return Replacement(nodes=(Node("MatMulTransB", (node.inputs[0], wt), node.outputs, (), DOMAIN, node.name),),
+                       tensors={wt: np.ascontiguousarray(view.tensor(node.inputs[1]).T)})
+
+
+def _check_gemm_nk(m: Match, view: View) -> str | None:
+    node = m[0]
+    if node.attr("transB", 0):
+        return "B is already stored (N, K)"
+    return "B is not constant" if view.tensor(node.inputs[1]) is None else None
+
+
+def _gemm_nk(m: Match, view: View) -> Replacement:
+    node = m[0]
+    bt = view.fresh(node.inputs[1] + "_nk")
+    attrs = tuple(sorted({**dict(node.attrs), "transB": 1}.items()))
+    return Replacement(nodes=(node.replace(inputs=(node.inputs[0], bt) + node.inputs[2:], attrs=attrs),),
+                       tensors={bt: np.ascontiguousarray(view.tensor(node.inputs[1]).T)})
+
+
+MATMUL_WEIGHT_NK = Rule("matmul_weight_nk", FAMILY, frozenset({"MatMul"}), _root, _check_matmul_nk, _matmul_nk)
+GEMM_WEIGHT_NK = Rule("gemm_weight_nk", FAMILY, frozenset({"Gemm"}), _root, _check_gemm_nk, _gemm_nk)
+
+
+# ---------------------------------------------------------------- pattern helpers
+
+def _scalar(view: View, value: str) -> float | None:
+    c = view.tensor(value)
+    return float(np.asarray(c).reshape(())) if c is not None and np.asarray(c).size == 1 else None
+
+
+def _near(a: float | None, b: float) -> bool:
+    return a is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b))
+
+
+def _inner(view: View, value: str, op_type: str, consumer: Node) -> Node | None:
+    """The producer of `value` if it is an `op_type` node that feeds `consumer` alone."""
+    node = view.producer(value, op_type)
+    return node if node is not None and view.only_feeds(node, consumer) is None else None
+
+
+def _split_scalar(view: View, node: Node) -> tuple[str, float] | None:
+    """(operand, constant) of a binary node with one scalar-constant operand."""
+    if len(node.inputs) != 2:
+        return None
+    for i in (0, 1):
+        c = _scalar(view, node.inputs[1 - i])
+        if c is not None:
+            return node.inputs[i], c
+    return None
+
+
+def _factors(view: View, value: str, root: Node, found: list[Node]) -> list[str]:
+    """The operands of a tree of Muls under `root` (inner Muls must feed their parent alone)."""
+    node = view.producer(value, "Mul")
+    if node is None or view.only_feeds(node, root) is not None:
+        return [value]
+    found.append(node)
+    return [f for i in node.inputs for f in _factors(view, i, node, found)]
+
+
+# ---------------------------------------------------------------- GELU
+
+InnerFn = Callable[[View, str, Node], tuple[str, list[Node]] | None]
+
+
+def _gelu_plan(inner: InnerFn, node: Node, view: View) -> tuple[str, Match] | None:
+    """(x, matched nodes) when `node` is the last Mul of x * 0.5 * (1 + inner(x))."""
+    found: list[Node] = []
+    factors = [f for i in node.inputs for f in _factors(view, i, node, found)]
+    if len(factors) != 3:
+        return None
+    for f in factors:
+        rest = list(factors)
+        rest.remove(f)
+        halves = [g for g in rest if _near(_scalar(view, g), 0.5)]
+        if not halves:
+            continue
+        rest.remove(halves[0])
+        reader = next(n for n in found + [node] if f in n.inputs)
+        add = _inner(view, f, "Add", reader)
+        split = _split_scalar(view, add) if add is not None else None
+        if split is None or not _near(split[1], 1.0):
+            continue
+        result = inner(view, split[0], add)
+        if result is not None and result[0] == rest[0]:
+            return rest[0], tuple(result[1]) + (add,) + tuple(found) + (node,)
+    return None
+
+
+def _erf_inner(view: View, value: str, add: Node) -> tuple[str, list[Node]] | None:
+    """erf(x / sqrt 2) or erf(x * (1 / sqrt 2)): (x, [scale node, Erf])."""
+    erf = _inner(view, value, "Erf", add)
+    if erf is None:
+        return None
+    for op_type, want in (("Div", np.sqrt(2.0)), ("Mul", 1.0 / np.sqrt(2.0))):
+        scale = _inner(view, erf.inputs[0], op_type, erf)
+        split = _split_scalar(view, scale) if scale is not None else None
+        if split and _near(split[1], want) and (op_type == "Mul" or scale.inputs[0] == split[0]):
+            return split[0], [scale, erf]
+    return None
+
+
+def _tanh_inner(view: View, value: str, add: Node) -> tuple[str, list[Node]] | None:
+    """tanh(sqrt(2/pi) * (x + 0.044715 * x^3)): (x, [Pow, Mul, Add, Mul, Tanh])."""
+    tanh = _inner(view, value, "Tanh", add)
+    outer = _inner(view, tanh.inputs[0], "Mul", tanh) if tanh is not None else None
+    split = _split_scalar(view, outer) if outer is not None else None
+    if split is None or not _near(split[1], float(np.sqrt(2.0 / np.pi))):
+        return None
+    total = _inner(view, split[0], "Add", outer)
+    if total is None or len(total.inputs) != 2:
+        return None
+    for x, cubic_value in (total.inputs, total.inputs[::-1]):
+        cubic = _inner(view, cubic_value, "Mul", total)
+        cs = _split_scalar(view, cubic) if cubic is not None else None
+        power = _inner(view, cs[0], "Pow", cubic) if cs and _near(cs[1], 0.044715) else None
+        if power is not None and power.inputs[0] == x and _near(_scalar(view, power.inputs[1]), 3.0):
+            return x, [power, cubic, total, outer, tanh]
+    return None
+
+
+def _check_gelu(m: Match, view: View) -> str | None:
+    t = view.type(m[-1].outputs[0])
+    if t is None or t.dtype not in ("float16", "float32", "float64", "bfloat16"):
+        return "not a floating-point value"
+    return None
+
+
+def _gelu_rule(name: str, inner: InnerFn, approximate: str) -> Rule:
+    def match(node: Node, view: View) -> Match | None:
+        plan = _gelu_plan(inner, node, view)
+        return plan[1] if plan else None
+
+    def rewrite(m: Match, view: View) -> Replacement:
+        root = m[-1]
+        x, _ = _gelu_plan(inner, root, view)
+        attrs = (("approximate", "tanh"),) if approximate == "tanh" else ()
+        return Replacement(nodes=(Node("Gelu", (x,), root.outputs, attrs, "", root.name),))
+
+    return Rule(name, FAMILY, frozenset({"Mul"}), match, _check_gelu, rewrite)
+
+
+GELU_ERF_UNIT = _gelu_rule("gelu_erf_unit", _erf_inner, "none")
+GELU_TANH_UNIT = _gelu_rule("gelu_tanh_unit", _tanh_inner, "tanh")
+
+
+# ---------------------------------------------------------------- attention
+
+class _Attention(NamedTuple):
+    """The parts of a matched attention: root last in `nodes`."""
+
+    nodes: Match
+    q: str
+    kt: str
+    v: str
+    scale: float
+    bias: str | None
+    softmax: Node
+    cast: Node | None
+
+
+def _scaled_scores(view: View, value: str, reader: Node) -> tuple[list[Node], str, str, float] | None:
+    """MatMul(q, kt) [* c | / c] feeding `reader` alone: (nodes, q, kt, scale)."""
+    nodes, scale = [], 1.0
+    for op_type in ("Mul", "Div"):
+        node = _inner(view, value, op_type, reader)
+        split = _split_scalar(view, node) if node is not None else None
+        if split is None or (op_type == "Div" and node.inputs[0] != split[0]) or split[1] == 0:
+            continue
+        nodes.append(node)
+        value, scale, reader = split[0], split[1] if op_type == "Mul" else 1.0 / split[1], node
+        break
+    qk = _inner(view, value, "MatMul", reader)
+    return ([qk] + nodes, qk.inputs[0], qk.inputs[1], scale) if qk is not None else None
+
+
+def _attention_plan(node: Node, view: View) -> _Attention | None:
+    """MatMul(Softmax(MatMul(q, kt) [* or / scalar] [+ bias]) [Cast], v)."""
+    probs, reader = node.inputs[0], node
+    cast = _inner(view, probs, "Cast", node)
+    if cast is not None:
+        probs, reader = cast.inputs[0], cast
+    softmax = _inner(view, probs, "Softmax", reader)
+    if softmax is None:
+        return None
+    scores = _scaled_scores(view, softmax.inputs[0], softmax)
+    bias, add = None, _inner(view, softmax.inputs[0], "Add", softmax)
+    if scores is None and add is not None and len(add.inputs) == 2:
+        for i in (0, 1):
+            scores = _scaled_scores(view, add.inputs[i], add)
+            if scores is not None:
+                bias = add.inputs[1 - i]
+                break
+    if scores is None:
+        return None
+    chain, q, kt, scale = scores
+    nodes = chain + ([add] if bias else []) + [softmax] + ([cast] if cast else []) + [node]
+    return _Attention(tuple(nodes), q, kt, node.inputs[1], scale, bias, softmax, cast)
+
+
+def _match_attention(node: Node, view: View) -> Match | None:
+    plan = _attention_plan(node, view)
+    return plan.nodes if plan else None
+
+
+def _check_attention(m: Match, view: View) -> str | None:
+    p = _attention_plan(m[-1], view)
+    shapes = [view.shape(v) for v in (p.q, p.kt, p.v, m[-1].outputs[0])]
+    if any(s is None for s in shapes):
+        return "shapes are unknown"
+    if any(len(s) < 2 for s in shapes[:3]):
+        return "an operand is a vector"
+    rank = len(shapes[3])
+    default_axis = -1 if view.graph.opset >= 13 else 1
+    if int(p.softmax.attr("axis", default_axis)) % rank != rank - 1:
+        return "Softmax is not over the last axis"
+    if p.cast is not None and view.type(p.cast.outputs[0]).dtype != view.type(p.cast.inputs[0]).dtype:
+        return "the Cast changes the probabilities' dtype"
+    return None
+
+
+def _attention(m: Match, view: View) -> Replacement:
+    p = _attention_plan(m[-1], view)
+    inputs = (p.q, p.kt, p.v) + ((p.bias,) if p.bias else ())
+    attrs = (("scale", float(p.scale)),) if p.scale != 1.0 else ()
+    return Replacement(nodes=(Node("DotProductAttention", inputs, m[-1].outputs, attrs, DOMAIN, m[-1].name),))
+
+
+ATTENTION_UNIT = Rule("attention_unit", FAMILY, frozenset({"MatMul"}), _match_attention, _check_attention,
+                      _attention)
+
+
+# ---------------------------------------------------------------- rule sets
+
+RULES: dict[str, Rule] = {rule.name: rule for rule in (
+    DEPTHWISE_CONV_NHWC, WINOGRAD_F4, WINOGRAD_F2, NHWC_CONV_IM2COL, CONV_IM2COL,
+    ATTENTION_UNIT, GELU_ERF_UNIT, GELU_TANH_UNIT, MATMUL_WEIGHT_NK, GEMM_WEIGHT_NK,
+)}
+
+# Every rule alone, so that `rewrite(model, RULE_SETS[name])` applies only it.
+RULE_SETS: dict[str, RuleSet] = {name: RuleSet(name, (rule,)) for name, rule in RULES.items()}
+
+# Per root op type, the forms a node of that type may take (besides staying as it is).
+ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "Conv": ("conv_im2col",),
+    "ConvNHWC": ("depthwise_conv_nhwc", "winograd_f4x4_3x3", "winograd_f2x2_3x3", "nhwc_conv_im2col"),
+    "MatMul": ("attention_unit", "matmul_weight_nk"),
+    "Gemm": ("gemm_weight_nk",),
+    "Mul": ("gelu_erf_unit", "gelu_tanh_unit"),
+}
+
+
+def alternatives_for(model: Model, node: Node) -> tuple[str, ...]:
+    """The names of the ALTERNATIVES rules that match `node` in `model` and accept it."""
+    view = View(model)
+    applicable = []
+    for name in ALTERNATIVES.get(node.op_type, ()):
+        rule = RULES[name]
+        match = rule.match(node, view)
+        if match is not None and rule.check(match, view) is None:
+            applicable.append(name)
+    return tuple(applicable)
+
+
+ALGORITHM = RuleSet("algorithm", (DEPTHWISE_CONV_NHWC,))
