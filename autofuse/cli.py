@@ -425,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     from autofuse.database.commands import add_db_parser
 
     add_db_parser(sub)
+
+    from autofuse.costmodel.commands import add_parsers as add_costmodel_parsers
+
+    add_costmodel_parsers(sub)
     return parser
 
 

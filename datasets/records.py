@@ -1,0 +1,171 @@
+"""Record datasets for the cost model: candidates measured across the zoo, and training frames.
+
+`collect` measures the candidates of every task of the given models (the
+search's own space, `search.space.task_space`: the default first, then a
+seeded sample of the rest, all of them when the space is small) into the
+tuning database, one durable record per candidate, so an interrupted
+collection keeps what it measured and a rerun skips it - a TenSet for this
+machine. A task's candidates are compiled first; those XLA compiles to the
+same optimised HLO are one program, timed once (identical programs never get
+different labels from timing noise); the distinct programs are timed side by
+side in interleaved rounds, so load on a shared machine hits them alike.
+
+`training_frame` reads a database into a pandas DataFrame of successful
+measurements (`autofuse.database.io.to_frame`), and `samples_of` turns it into
+cost-model samples, latencies and ranking groups.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from autofuse.costmodel.base import Sample
+from autofuse.errors import AutofuseError
+
+# The tolerance a candidate's outputs must meet against the task's default lowering.
+RTOL, ATOL = 2e-3, 2e-4
+
+
+class RecordsError(AutofuseError):
+    """The database holds no usable records."""
+
+
+def sample_candidates(space: Any, *, max_candidates: int, seed: int = 0) -> list[dict[str, str]]:
+    """The space's default, then a seeded random sample of the other candidates (all, if few)."""
+    every = space.all_candidates()
+    first, rest = every[0], every[1:]
+    if len(rest) > max_candidates - 1:
+        rest = random.Random(seed).sample(rest, max_candidates - 1)
+    return [first] + rest
+
+
+def hlo_key(executable: Any) -> str:
+    """A hash of the optimised HLO without names and metadata: equal keys, equal programs."""
+    text = re.sub(r"metadata=\{[^}]*\}", "", executable.optimized_hlo())
+    text = re.sub(r"HloModule \S+", "", text)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def collect(models: Sequence[str], db: Any, *, max_candidates: int = 16, min_seconds: float = 0.15,
+            seed: int = 0, log: Callable[[str], None] = print) -> int:
+    """Measures the candidates of every task of `models` into the database `db`.
+
+    Returns how many records were added (candidates already in `db` for this
+    target are skipped).
+    """
+    from autofuse.api import import_onnx
+    from autofuse.database import Workload, candidate_key, current_target
+    from autofuse.search.space import task_space
+    from autofuse.search.task import extract_tasks
+
+    target = current_target()
+    db.commit_target(target)
+    added = 0
+    for model_name in models:
+        tasks = extract_tasks(import_onnx(model_name))
+        log(f"{model_name}: {len(tasks)} tasks")
+        for task in tasks:
+            db.commit_workload(Workload(task.key, task.describe(), (model_name,)))
+            candidates = [c for c in sample_candidates(task_space(task), max_candidates=max_candidates, seed=seed)
+                          if not db.has(task.key, target.key, candidate_key(c))]
+            if not candidates:
+                continue
+            records = measure_task(task, candidates, target_key=target.key, min_seconds=min_seconds, seed=seed)
+            db.commit_batch((), (), records)
+            added += len(records)
+            log(f"  task {task.key[:12]} ({len(task.nodes)} nodes): {len(records)} candidates, "
+                f"{added} records so far")
+    return added
+
+
+def measure_task(task: Any, candidates: Sequence[dict[str, str]], *, target_key: str, min_seconds: float,
+                 seed: int = 0) -> list[Any]:
+    """One `Record` per candidate: compiled, checked against the task's default lowering,
+    timed once per distinct program; a failure is a record, never an exception."""
+    from autofuse.database import Record, candidate_key
+    from autofuse.runners.protocol import compare
+    from autofuse.search.measure import build_program, reference_outputs
+    from autofuse.search.space import task_choices
+    from autofuse.search.task import random_inputs
+
+    inputs = random_inputs(task.model, seed)
+    reference = reference_outputs(task, inputs)
+    built: list[tuple[str | None, float | None, str | None, str | None]] = []  # program, compile s, error
+    programs: dict[str, Any] = {}
+    for candidate in candidates:
+        try:
+            program = build_program(task.model, task_choices(task, candidate), inputs)
+            key = hlo_key(program.executable)
+            programs.setdefault(key, program)
+            built.append((key, program.compile_s, None, None))
+        except Exception as error:  # a failed candidate is data, not a crash
+            built.append((None, None, "compile", f"{type(error).__name__}: {error}"[:500]))
+    checks: dict[str, tuple[float | None, str | None, str | None]] = {}
+    runs = {}
+    for key, program in programs.items():
+        try:
+            outputs = program()
+        except Exception as error:
+            checks[key] = (None, "runtime", f"{type(error).__name__}: {error}"[:500])
+            continue
+        diff = _max_rel_diff(outputs, reference)
+        close = all(np.allclose(o, r, rtol=RTOL, atol=ATOL) for o, r in zip(outputs, reference))
+        checks[key] = (diff, None if close else "mismatch", None if close else f"max relative difference {diff:.3g}")
+        runs[key] = program
+    timings = compare(runs, rounds=3, warmup=1, min_repeats=2, min_seconds=min_seconds) if runs else {}
+    records = []
+    for candidate, (key, compile_s, error_kind, error) in zip(candidates, built):
+        diff = None
+        if key is not None:
+            diff, error_kind, error = checks[key]
+        timing = timings.get(key) if key is not None else None
+        records.append(Record(task.key, target_key, dict(candidate), candidate_key(candidate),
+                              timing.median_s if timing else None, timing.iqr_s if timing else None,
+                              len(timing.samples) if timing else 0, compile_s, diff, error_kind, error,
+                              "measured", time.time()))
+    return records
+
+
+def _max_rel_diff(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+    worst = 0.0
+    for out, ref in zip(outputs, reference):
+        out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+        if ref.size:
+            worst = max(worst, float(np.max(np.abs(out - ref))) / max(float(np.max(np.abs(ref))), 1e-6))
+    return worst
+
+
+def training_frame(db: Any) -> Any:
+    """Successful measurements as a pandas DataFrame, one row each, with `description`,
+    `models` (every model the workload occurs in) and `target` (the target's fields) columns."""
+    from autofuse.database.io import TARGET_FIELDS, to_frame
+
+    frame = to_frame(db)
+    frame = frame[frame["error_kind"].isna() & frame["median_s"].notna()].reset_index(drop=True)
+    if frame.empty:
+        raise RecordsError(f"{getattr(db, 'path', 'the database')}: no successful measurements to train on")
+    frame["description"] = frame["workload_description"]
+    frame["models"] = frame["workload_models"].map(list)
+    frame["target"] = [{f: row[f"target_{f}"] for f in TARGET_FIELDS} for _, row in frame.iterrows()]
+    return frame
+
+
+def task_weights(models: Sequence[str]) -> dict[str, dict[str, int]]:
+    """For each model, how often each of its tasks runs per inference (workload key -> count)."""
+    from autofuse.api import import_onnx
+    from autofuse.search.task import extract_tasks
+
+    return {m: {t.key: t.weight for t in extract_tasks(import_onnx(m))} for m in models}
+
+
+def samples_of(frame: Any) -> tuple[list[Sample], np.ndarray, np.ndarray]:
+    """Cost-model samples, their latencies (s), and their group (workload @ target) ids."""
+    samples = [Sample(r.workload_key, r.description, r.candidate, r.target) for r in frame.itertuples()]
+    latencies = frame["median_s"].to_numpy(np.float64)
+    groups = (frame["workload_key"] + "@" + frame["target_key"]).to_numpy()
+    return samples, latencies, groups
