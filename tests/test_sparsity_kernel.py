@@ -55,8 +55,9 @@ def test_native_kernel_equals_masked_dense(pattern, m):
 
 
 @pytest.mark.parametrize("pattern", ["balanced:4/16", "nm:1:8", "balanced:16/64"])
-def test_xla_form_equals_masked_dense(pattern):
-    _check(pattern, 3, 64, 24, "xla")
+@pytest.mark.parametrize("m", [1, 9])
+def test_xla_form_equals_masked_dense(pattern, m):
+    _check(pattern, m, 64, 24, "xla")
 
 
 def test_kernel_is_a_custom_call_and_batches_keep_their_shape():

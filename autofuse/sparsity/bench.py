@@ -1,8 +1,8 @@
 """Sparsity benchmarks: `python -m autofuse.sparsity.bench [--kernels] [--models] [--accuracy]`.
 
 * kernels: BERT-base's weight shapes at batch 1/8/32; the dense XLA matmul, the
-  native kernel at 50/75/87.5% balanced sparsity and the XLA gather form at
-  75%, timed side by side (interleaved, medians); ratios are dense / sparse.
+  native kernel at 50/75/87.5% balanced sparsity and the pure-XLA gather form
+  at 75%, timed side by side (interleaved, medians); ratios are dense / sparse.
 * models: BERT-base and GPT-2 at batch 1, dense XLA vs the same model with
   every MatMul/Gemm pruned and run as SparseMatMul, and onnxruntime on the
   dense model.
@@ -40,7 +40,7 @@ def _blocking(fn: Callable, *args) -> Callable[[], object]:
 
 
 def kernel_table(seconds: float) -> list[str]:
-    """Dense XLA vs sparse kernel (and the XLA gather form) per weight shape and batch."""
+    """Dense XLA vs sparse kernel (and the pure-XLA gather form) per weight shape and batch."""
     rng = np.random.default_rng(0)
     lines = ["| weight (K x N) | batch | dense XLA | " + " | ".join(
         f"kernel {100 * parse_pattern(p).sparsity:.1f}%" for p in KERNEL_PATTERNS)
@@ -58,18 +58,18 @@ def kernel_table(seconds: float) -> list[str]:
                                                                 impl="kernel"))
                 runs[p] = _blocking(fn, x, jnp.asarray(c.values), jnp.asarray(c.offsets))
             c = packed[GATHER_PATTERN]
-            gather = jax.jit(lambda a, v, o: sparse_matmul(a, v, o, outputs=c.outputs, window=c.window, impl="xla"))
-            runs["gather"] = _blocking(gather, x, jnp.asarray(c.values), jnp.asarray(c.offsets))
+            fallback = jax.jit(lambda a, v, o: sparse_matmul(a, v, o, outputs=c.outputs, window=c.window, impl="xla"))
+            runs["xla"] = _blocking(fallback, x, jnp.asarray(c.values), jnp.asarray(c.offsets))
             t = compare(runs, rounds=5, warmup=3, min_repeats=5, min_seconds=seconds)
             dense_us = t["dense"].median_s * 1e6
             cells = [f"{t[p].median_s * 1e6:.0f} us ({dense_us / (t[p].median_s * 1e6):.2f}x)"
-                     for p in (*KERNEL_PATTERNS, "gather")]
+                     for p in (*KERNEL_PATTERNS, "xla")]
             lines.append(f"| {k} x {n} | {batch} | {dense_us:.0f} us | " + " | ".join(cells) + " |")
             print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
 
-def model_table(models: Sequence[str], seq: int, seconds: float) -> list[str]:
+def model_table(models: Sequence[str], seconds: float) -> list[str]:
     """End to end at batch 1: dense XLA, sparse (every MatMul/Gemm pruned) and onnxruntime (dense)."""
     from autofuse.api import compile_model, example_inputs, import_onnx, resolve
     from autofuse.runners.onnxruntime import baseline_session, run_session
@@ -81,7 +81,7 @@ def model_table(models: Sequence[str], seq: int, seconds: float) -> list[str]:
         f"sparse {100 * parse_pattern(p).sparsity:.0f}% ({p})" for p in MODEL_PATTERNS) + " |",
         "| --- | --- | --- |" + " --- |" * len(MODEL_PATTERNS)]
     for name in models:
-        model = import_onnx(name, shapes={"input_ids": (1, seq)})
+        model = import_onnx(name)
         inputs = example_inputs(model)
         dense = compile_model(model)
         runs = {"dense": lambda: [v.block_until_ready() for v in dense.run_device(inputs)]}
@@ -98,7 +98,8 @@ def model_table(models: Sequence[str], seq: int, seconds: float) -> list[str]:
         ms = {k: v.median_s * 1e3 for k, v in t.items()}
         cells = [f"{ms[p]:.1f} ms ({ms['dense'] / ms[p]:.2f}x XLA, {ms['ort'] / ms[p]:.2f}x ort; "
                  f"err {errors[p]:.0e})" for p in MODEL_PATTERNS]
-        lines.append(f"| {name} (1 x {seq}) | {ms['dense']:.1f} ms | {ms['ort']:.1f} ms | " + " | ".join(cells) + " |")
+        shape = "x".join(str(d) for d in model.graph.type_of(model.graph.inputs[0]).shape)
+        lines.append(f"| {name} ({shape}) | {ms['dense']:.1f} ms | {ms['ort']:.1f} ms | " + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
@@ -136,7 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kernels", action="store_true", help="kernel vs dense per shape and batch")
     parser.add_argument("--models", nargs="*", metavar="MODEL", help="end to end (default zoo:bert_base zoo:gpt2)")
     parser.add_argument("--accuracy", action="store_true", help="digits accuracy table")
-    parser.add_argument("--seq", type=int, default=128, help="sequence length for --models (default 128)")
     parser.add_argument("--seconds", type=float, default=0.5, help="timing budget per contender and table row")
     args = parser.parse_args(argv)
     everything = not (args.kernels or args.models is not None or args.accuracy)
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kernels or everything:
         print("\n".join(kernel_table(args.seconds)) + "\n", flush=True)
     if args.models is not None or everything:
-        print("\n".join(model_table(args.models or ["zoo:bert_base", "zoo:gpt2"], args.seq, 4 * args.seconds)),
+        print("\n".join(model_table(args.models or ["zoo:bert_base", "zoo:gpt2"], 4 * args.seconds)),
               flush=True)
     return 0
 

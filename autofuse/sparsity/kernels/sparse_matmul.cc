@@ -53,39 +53,31 @@ inline __m512 Pick(__m512i offsets, const __m512* xw, const float* xrow, int64_t
 
 // One tile of 16 columns times MB rows of x: accumulators stay in registers.
 template <int MB, int WIN>
-inline void TileRows(const Problem& p, int64_t tile, int64_t row0, int64_t rows) {
+inline void TileRows(const Problem& p, int64_t tile, int64_t row0) {
   constexpr int kRegs = WIN == 32 ? 2 : (WIN == 16 ? 1 : 0);
   const int64_t windows = p.k / p.window;
   const float* vals = p.values + tile * p.tile_elems();
   const uint8_t* offs = p.indices + tile * p.tile_elems();
+  const float* xrows = p.x + row0 * p.k;
   __m512 acc[MB];
   for (int r = 0; r < MB; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t w = 0; w < windows; ++w) {
     __m512 xw[MB][kRegs > 0 ? kRegs : 1];
     if constexpr (kRegs > 0) {
-      for (int r = 0; r < MB; ++r) {
-        if (r >= rows) break;
-        const float* src = p.x + (row0 + r) * p.k + w * WIN;
-        for (int q = 0; q < kRegs; ++q) xw[r][q] = _mm512_loadu_ps(src + q * kLanes);
-      }
+      for (int r = 0; r < MB; ++r)
+        for (int q = 0; q < kRegs; ++q) xw[r][q] = _mm512_loadu_ps(xrows + r * p.k + w * WIN + q * kLanes);
     }
     for (int64_t j = 0; j < p.kept; ++j) {
       const int64_t at = (w * p.kept + j) * kLanes;
       const __m512 v = _mm512_loadu_ps(vals + at);
       const __m512i o = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(offs + at)));
-      for (int r = 0; r < MB; ++r) {
-        if (r >= rows) break;
-        const float* xrow = p.x + (row0 + r) * p.k;
-        acc[r] = _mm512_fmadd_ps(v, Pick<WIN>(o, xw[r], xrow, w * p.window), acc[r]);
-      }
+      for (int r = 0; r < MB; ++r)
+        acc[r] = _mm512_fmadd_ps(v, Pick<WIN>(o, xw[r], xrows + r * p.k, w * p.window), acc[r]);
     }
   }
   const int64_t col0 = tile * kLanes;
   const __mmask16 mask = p.n - col0 >= kLanes ? (__mmask16)0xFFFF : (__mmask16)((1u << (p.n - col0)) - 1);
-  for (int r = 0; r < MB; ++r) {
-    if (r >= rows) break;
-    _mm512_mask_storeu_ps(p.y + (row0 + r) * p.n + col0, mask, acc[r]);
-  }
+  for (int r = 0; r < MB; ++r) _mm512_mask_storeu_ps(p.y + (row0 + r) * p.n + col0, mask, acc[r]);
 }
 
 template <int WIN>
@@ -93,12 +85,9 @@ void Tiles(const Problem& p, int64_t first, int64_t last) {
   constexpr int MB = WIN == 32 ? 8 : 12;
   for (int64_t tile = first; tile < last; ++tile) {
     int64_t row = 0;
-    for (; row + MB <= p.m; row += MB) TileRows<MB, WIN>(p, tile, row, MB);
-    if (row < p.m) {
-      const int64_t rest = p.m - row;
-      if (rest >= 4) TileRows<MB, WIN>(p, tile, row, rest);
-      else for (; row < p.m; ++row) TileRows<1, WIN>(p, tile, row, 1);
-    }
+    for (; row + MB <= p.m; row += MB) TileRows<MB, WIN>(p, tile, row);
+    for (; row + 4 <= p.m; row += 4) TileRows<4, WIN>(p, tile, row);
+    for (; row < p.m; ++row) TileRows<1, WIN>(p, tile, row);
   }
 }
 
