@@ -61,6 +61,14 @@ def _rule(name: str, ops: Sequence[str], check: Callable[[Match, View], str | No
     return Rule(name, FAMILY, frozenset(ops), _root, check, rewrite)
 
 
+def _check_plan(plan_fn: Callable[[Node, View], object]) -> Callable[[Match, View], str | None]:
+    """A check from a plan function that returns either a plan or the reason to decline."""
+    def check(m: Match, view: View) -> str | None:
+        plan = plan_fn(m[0], view)
+        return plan if isinstance(plan, str) else None
+    return check
+
+
 def _dtype(view: View, value: str) -> str | None:
     t = view.type(value)
     return t.dtype if t is not None else None
@@ -323,17 +331,13 @@ def _negation_plan(node: Node, view: View) -> tuple[str, str, str] | str:
     return "no operand is a negation read only here"
 
 
-def _check_negation(m: Match, view: View) -> str | None:
-    plan = _negation_plan(m[0], view)
-    return plan if isinstance(plan, str) else None
-
-
 def _absorb_negation(m: Match, view: View) -> Replacement:
     op, a, b = _negation_plan(m[0], view)
     return Replacement(nodes=(_binary(op, a, b, m[0].outputs[0]),))
 
 
-ABSORB_NEGATION = _rule("absorb_negation", ("Add", "Sub", "Mul", "Div"), _check_negation, _absorb_negation)
+ABSORB_NEGATION = _rule("absorb_negation", ("Add", "Sub", "Mul", "Div"), _check_plan(_negation_plan),
+                        _absorb_negation)
 
 
 # ---------------------------------------------------------------- associative chains of constants
@@ -386,13 +390,6 @@ def _signed(node: Node, view: View) -> tuple[str, int, np.ndarray] | None:
     return (node.inputs[0], 1, -c) if index == 0 else (node.inputs[1], -1, c)
 
 
-def _check_plan(plan_fn: Callable[[Node, View], object]) -> Callable[[Match, View], str | None]:
-    def check(m: Match, view: View) -> str | None:
-        plan = plan_fn(m[0], view)
-        return plan if isinstance(plan, str) else None
-    return check
-
-
 def _combine_muls(m: Match, view: View) -> Replacement:
     node = m[0]
     x, c = _constant_mul_plan(node, view)
@@ -423,6 +420,8 @@ def _check_shape_chain(m: Match, view: View) -> str | None:
     shape = view.shape(node.outputs[0])
     if shape is None or 0 in shape:
         return "the output shape is unknown or empty"
+    if view.graph.opset < 5:
+        return f"opset {view.graph.opset} Reshape takes its shape as an attribute"
     return None
 
 
