@@ -322,6 +322,20 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sparsify(args: argparse.Namespace) -> int:
+    from autofuse.sparsity.command import sparsify_file
+
+    r = sparsify_file(args.model, args.pattern, output=args.output, calib=args.calib, correct=args.correct,
+                      shapes=_parse_shapes(args.shape), seed=args.seed)
+    print(f"{args.model}: {len(r.layers)} layers pruned to {r.pattern} ({100 * r.pattern.sparsity:.1f}% sparse)"
+          + (" with least-squares correction" if args.correct else ""))
+    for node, reason in {**r.skipped, **r.dense}.items():
+        print(f"  {node}: {'left dense' if node in r.skipped else 'pruned, runs dense'}: {reason}")
+    print(f"relative output error of the sparse run: {r.rel_error:.3g} on {r.checked_on}")
+    print(f"wrote {r.output} (ONNX, dense storage)")
+    return 0
+
+
 def format_table(rows: Sequence[Any]) -> str:
     """Bench rows as an aligned text table: one line per model and contender."""
     lines = [f"{'model':<20} {'contender':<28} {'median':>11} {'spread':>7} {'vs ort':>7} {'kernels':>8} {'max rel diff':>13}"]
@@ -421,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="list the built-in zoo models")
     zoo.set_defaults(func=cmd_zoo)
 
+    sparsify = sub.add_parser("sparsify", help="prune weights to balanced or N:M sparsity, write ONNX")
+    sparsify.add_argument("model", help="an .onnx file or a zoo name")
+    sparsify.add_argument("--pattern", required=True, help="balanced:K/B (keep K of every B) or nm:N:M (e.g. nm:2:4)")
+    sparsify.add_argument("--calib", metavar="DATA.npz", help="calibration inputs by name (default: seeded random)")
+    sparsify.add_argument("--correct", action="store_true", help="refit kept weights on --calib (least squares)")
+    sparsify.add_argument("--output", "-o", required=True, metavar="SPARSE.onnx", help="pruned model to write")
+    sparsify.add_argument("--shape", action="append", metavar="NAME=DxD...", help="bind dynamic input dims")
+    sparsify.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    sparsify.set_defaults(func=cmd_sparsify)
 
     from autofuse.database.commands import add_db_parser
 
