@@ -39,11 +39,10 @@ def only(name, model):
 
 # ---------------------------------------------------------------- depthwise
 
-@pytest.mark.parametrize("attrs", [
-    {}, {"strides": [2, 2]}, {"pads": [1, 0, 2, 1]}, {"dilations": [2, 1], "pads": [2, 1, 2, 1]},
-    {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+@pytest.mark.parametrize("attrs, bias", [
+    ({}, True), ({"strides": [2, 2]}, False), ({"pads": [1, 0, 2, 1]}, True),
+    ({"dilations": [2, 1], "pads": [2, 1, 2, 1]}, False), ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, True),
 ])
-@pytest.mark.parametrize("bias", [True, False])
 def test_depthwise_conv_becomes_shifted_multiplies(attrs, bias):
     model = conv_model((2, 6, 9, 8), (6, 1, 3, 3), bias=bias, group=6, **attrs)
     result = only("depthwise_conv_nhwc", nhwc(model))
@@ -66,14 +65,13 @@ def test_depthwise_declines_other_convolutions(w_shape, group, reason):
 # ---------------------------------------------------------------- im2col
 
 IM2COL_CASES = [
-    ((6, 4, 3, 3), {}), ((6, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
-    ((6, 4, 3, 2), {"dilations": [2, 1], "pads": [0, 1, 2, 0]}), ((6, 4, 1, 1), {"strides": [2, 2]}),
-    ((6, 4, 5, 5), {"auto_pad": "SAME_LOWER"}),
+    ((6, 4, 3, 3), {}, True), ((6, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, False),
+    ((6, 4, 3, 2), {"dilations": [2, 1], "pads": [0, 1, 2, 0]}, True), ((6, 4, 1, 1), {"strides": [2, 2]}, False),
+    ((6, 4, 5, 5), {"auto_pad": "SAME_LOWER"}, True),
 ]
 
 
-@pytest.mark.parametrize("w_shape, attrs", IM2COL_CASES)
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("w_shape, attrs, bias", IM2COL_CASES)
 def test_nchw_conv_becomes_patches_and_matmul(w_shape, attrs, bias):
     model = conv_model((2, 4, 9, 10), w_shape, bias=bias, **attrs)
     result = only("conv_im2col", model)
@@ -82,8 +80,7 @@ def test_nchw_conv_becomes_patches_and_matmul(w_shape, attrs, bias):
     assert_close(model, result.model)
 
 
-@pytest.mark.parametrize("w_shape, attrs", IM2COL_CASES)
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("w_shape, attrs, bias", IM2COL_CASES)
 def test_nhwc_conv_becomes_patches_and_matmul(w_shape, attrs, bias):
     model = conv_model((2, 4, 9, 10), w_shape, bias=bias, **attrs)
     result = only("nhwc_conv_im2col", nhwc(model))
@@ -104,11 +101,10 @@ def test_im2col_declines_grouped_non_2d_and_runtime_weights():
 # ---------------------------------------------------------------- Winograd
 
 @pytest.mark.parametrize("tile, rtol", [(2, 1e-5), (4, 5e-5)])
-@pytest.mark.parametrize("x_shape, attrs", [
-    ((2, 8, 9, 7), {"pads": [1, 1, 1, 1]}), ((1, 8, 12, 12), {}), ((1, 8, 10, 11), {"pads": [0, 2, 1, 0]}),
-    ((1, 8, 6, 6), {"auto_pad": "SAME_UPPER"}),
+@pytest.mark.parametrize("x_shape, attrs, bias", [
+    ((2, 8, 9, 7), {"pads": [1, 1, 1, 1]}, True), ((1, 8, 12, 12), {}, False),
+    ((1, 8, 10, 11), {"pads": [0, 2, 1, 0]}, True), ((1, 8, 6, 6), {"auto_pad": "SAME_UPPER"}, False),
 ])
-@pytest.mark.parametrize("bias", [True, False])
 def test_winograd_replaces_3x3_convolutions(tile, rtol, x_shape, attrs, bias):
     model = conv_model(x_shape, (16, 8, 3, 3), bias=bias, **attrs)
     name = f"winograd_f{tile}x{tile}_3x3"
@@ -117,6 +113,15 @@ def test_winograd_replaces_3x3_convolutions(tile, rtol, x_shape, attrs, bias):
     assert ops(result.model) == (["Transpose", "WinogradInputNHWC", "MatMul", "WinogradOutputNHWC"]
                                  + (["Add"] if bias else []) + ["Transpose"])
     assert_close(model, result.model, rtol=rtol)
+
+
+@pytest.mark.parametrize("size, tile", [(28, 4), (14, 2)])
+def test_winograd_by_size_takes_f4_only_with_many_tiles(size, tile):
+    model = conv_model((1, 4, size, size), (8, 4, 3, 3), pads=[1, 1, 1, 1])
+    result = only("winograd_3x3", nhwc(model))
+    assert result.fired == {"winograd_3x3": 1}
+    assert {n.attr("tile") for n in result.model.graph.nodes if n.op_type.startswith("Winograd")} == {tile}
+    assert_close(model, result.model, rtol=5e-5)
 
 
 def test_winograd_weight_transform_is_exact_in_float64():
@@ -132,7 +137,7 @@ def test_winograd_weight_transform_is_exact_in_float64():
     ((16, 4, 3, 3), {"group": 2}, "grouped convolution"),
     ((16, 8, 5, 5), {}, "kernel [5, 5] is not 3x3"),
 ])
-@pytest.mark.parametrize("name", ["winograd_f2x2_3x3", "winograd_f4x4_3x3"])
+@pytest.mark.parametrize("name", ["winograd_f2x2_3x3", "winograd_f4x4_3x3", "winograd_3x3"])
 def test_winograd_declines(name, w_shape, attrs, reason):
     result = only(name, nhwc(conv_model((1, 8, 12, 12), w_shape, **attrs)))
     assert result.fired == {}
@@ -252,6 +257,48 @@ def test_attention_declines_a_softmax_over_another_axis():
     assert result.declined == {"attention_unit": {"Softmax is not over the last axis": 1}}
 
 
+# ---------------------------------------------------------------- LayerNorm
+
+def _layernorm_model(opset: int = 13, square: str = "Pow", affine: bool = True, scale_shape=(16,), axes=(-1,)):
+    """The decomposed layer norm torch exports before opset 17."""
+    def mean(inp, out):
+        if opset >= 18:
+            return helper.make_node("ReduceMean", [inp, "axes"], [out])
+        return helper.make_node("ReduceMean", [inp], [out], axes=list(axes))
+    nodes = [mean("x", "m"), helper.make_node("Sub", ["x", "m"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["sq"]) if square == "Pow" else
+             helper.make_node("Mul", ["d", "d"], ["sq"]),
+             mean("sq", "v"), helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["s"]),
+             helper.make_node("Div", ["d", "s"], ["n"] if affine else ["y"])]
+    consts = {"two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32),
+              "axes": np.array(axes, np.int64)}
+    if affine:
+        nodes += [helper.make_node("Mul", ["n", "gamma"], ["g"]), helper.make_node("Add", ["g", "beta"], ["y"])]
+        consts.update(gamma=rng_array(*scale_shape, seed=2), beta=rng_array(16, seed=3))
+    used = {i for n in nodes for i in n.input}
+    return tiny(nodes, {"x": [2, 5, 16]}, ["y"], {k: v for k, v in consts.items() if k in used}, opset=opset)
+
+
+@pytest.mark.parametrize("opset, square, affine", [(13, "Pow", True), (18, "Mul", True), (13, "Pow", False)])
+def test_decomposed_layernorm_becomes_one_node(opset, square, affine):
+    model = _layernorm_model(opset, square, affine)
+    result = only("layernorm_unit", model)
+    assert result.fired == {"layernorm_unit": 1}
+    assert ops(result.model) == ["LayerNormalization"]
+    assert len(result.model.graph.nodes[0].inputs) == (3 if affine else 2)
+    assert_close(model, result.model)
+
+
+def test_layernorm_declines_a_scale_that_is_not_per_feature():
+    result = only("layernorm_unit", _layernorm_model(scale_shape=(5, 1)))
+    assert result.fired == {}
+    assert result.declined == {"layernorm_unit": {"the affine constant [5, 1] is not per normalised feature [16]": 1}}
+
+
+def test_a_norm_over_a_leading_axis_is_left_alone():
+    assert only("layernorm_unit", _layernorm_model(axes=(1,))).fired == {}
+
+
 # ---------------------------------------------------------------- rule sets and alternatives
 
 def test_every_alternative_is_a_rule_with_its_own_set():
@@ -264,7 +311,8 @@ def test_every_alternative_is_a_rule_with_its_own_set():
 def test_alternatives_for_a_node():
     model = nhwc(conv_model((1, 8, 12, 12), (8, 8, 3, 3), pads=[1, 1, 1, 1]))
     conv = next(n for n in model.graph.nodes if n.op_type == "ConvNHWC")
-    assert alternatives_for(model, conv) == ("winograd_f4x4_3x3", "winograd_f2x2_3x3", "nhwc_conv_im2col")
+    assert alternatives_for(model, conv) == ("winograd_3x3", "winograd_f4x4_3x3", "winograd_f2x2_3x3",
+                                             "nhwc_conv_im2col")
     depthwise = nhwc(conv_model((1, 8, 12, 12), (8, 1, 3, 3), group=8))
     conv = next(n for n in depthwise.graph.nodes if n.op_type == "ConvNHWC")
     assert alternatives_for(depthwise, conv) == ("depthwise_conv_nhwc",)

@@ -7,7 +7,8 @@ Convolutions (NCHW `Conv`, and the channels-last `ConvNHWC` the layout rules mak
 * `winograd_f2x2_3x3`, `winograd_f4x4_3x3`: a stride-1, undilated, ungrouped 3x3
   ConvNHWC becomes input transform -> batched MatMul over the (t+2)^2 tile
   positions -> output transform. The weight transform G g G^T runs once, here,
-  in float64, and is stored as a new weight.
+  in float64, and is stored as a new weight. `winograd_3x3` picks the tile by
+  size (F4_MIN_TILES), as measured.
 * `depthwise_conv_nhwc`: a ConvNHWC with group == channels becomes
   `DepthwiseConvNHWC`, kh*kw shifted multiplies that XLA fuses into one loop.
 
@@ -23,6 +24,8 @@ Patterns lowered as one node:
   `DotProductAttention(q, kt, v, bias?)`.
 * `gelu_erf_unit`, `gelu_tanh_unit`: the exact (erf) and tanh GELU formulas as
   exported by torch -> ONNX `Gelu`.
+* `layernorm_unit`: (x - mean) / sqrt(mean((x - mean)^2) + eps) [* scale] [+ shift]
+  over trailing axes, as exported before opset 17 -> ONNX `LayerNormalization`.
 
 Every rule is also its own one-rule set (`RULE_SETS[name]`), and `ALTERNATIVES`
 lists, per root op type, the rules a search may choose between for a node;
@@ -197,6 +200,20 @@ def winograd_tile_count(view: View, conv: Node, tile: int) -> int:
 
 WINOGRAD_F2 = Rule("winograd_f2x2_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd(2))
 WINOGRAD_F4 = Rule("winograd_f4x4_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd(4))
+
+# F(4x4) multiplies 4x less than direct convolution but its transformed weight is
+# 4x the kernel (F(2x2): 2.25x less, 1.8x the kernel): with few tiles the batched
+# products are bound by weight traffic. Measured on ResNet-50's layers (2-core
+# Zen 4), F(4x4) wins from 49 tiles per image (28x28) up, F(2x2) below (14x14, 7x7).
+F4_MIN_TILES = 32
+
+
+def _winograd_by_size(m: Match, view: View) -> Replacement:
+    tile = 4 if winograd_tile_count(view, m[0], 4) >= F4_MIN_TILES else 2
+    return _winograd(tile)(m, view)
+
+
+WINOGRAD_3X3 = Rule("winograd_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd_by_size)
 
 
 # ---------------------------------------------------------------- depthwise
@@ -478,11 +495,140 @@ ATTENTION_UNIT = Rule("attention_unit", FAMILY, frozenset({"MatMul"}), _match_at
                       _attention)
 
 
+# ---------------------------------------------------------------- LayerNorm
+
+class _LayerNorm(NamedTuple):
+    """A decomposed layer norm: x, first normalised axis, epsilon, optional scale/shift, nodes (root last)."""
+
+    x: str
+    axis: int
+    epsilon: float
+    scale: str | None
+    shift: str | None
+    nodes: Match
+
+
+def _reduced_axes(view: View, node: Node) -> tuple[int, ...] | None:
+    """The axes of a keepdims ReduceMean (attribute or, from opset 18, input), non-negative."""
+    if not node.attr("keepdims", 1):
+        return None
+    axes = node.attr("axes") if len(node.inputs) < 2 or not node.inputs[1] else view.tensor(node.inputs[1])
+    shape = view.shape(node.inputs[0])
+    if axes is None or shape is None:
+        return None
+    return tuple(sorted(int(a) % len(shape) for a in np.asarray(axes).reshape(-1)))
+
+
+def _normalised(view: View, div: Node) -> tuple[str, tuple[int, ...], float, list[Node]] | None:
+    """Div(x - mean(x), sqrt(mean((x - mean(x))^2) + eps)): (x, axes, eps, nodes)."""
+    if div.op_type != "Div" or len(div.inputs) != 2:
+        return None
+    centered, std = div.inputs
+    sub, sqrt = view.producer(centered, "Sub"), _inner(view, std, "Sqrt", div)
+    shift = _inner(view, sqrt.inputs[0], "Add", sqrt) if sqrt is not None else None
+    split = _split_scalar(view, shift) if shift is not None else None
+    if sub is None or split is None:
+        return None
+    var = _inner(view, split[0], "ReduceMean", shift)
+    square = (_inner(view, var.inputs[0], "Pow", var) or _inner(view, var.inputs[0], "Mul", var)) if var else None
+    if square is None or square.inputs[0] != centered:
+        return None
+    if (square.op_type == "Pow" and not _near(_scalar(view, square.inputs[1]), 2.0)) or \
+            (square.op_type == "Mul" and square.inputs[1] != centered):
+        return None
+    x, mean_value = sub.inputs
+    mean = _inner(view, mean_value, "ReduceMean", sub)
+    if mean is None or mean.inputs[0] != x or {id(n) for n in view.consumers(centered)} != {id(square), id(div)}:
+        return None
+    if view.is_output(centered) or view.read_by_subgraph(centered):
+        return None
+    axes = _reduced_axes(view, mean)
+    if axes is None or axes != _reduced_axes(view, var):
+        return None
+    return x, axes, split[1], [mean, sub, square, var, shift, sqrt, div]
+
+
+def _affine_reader(view: View, value: str, op_type: str) -> tuple[Node, str] | None:
+    """The lone `op_type` reader of `value` with a constant other operand: (node, constant)."""
+    readers = view.consumers(value)
+    if len(readers) != 1 or readers[0].op_type != op_type or len(readers[0].inputs) != 2:
+        return None
+    if view.is_output(value) or view.read_by_subgraph(value):
+        return None
+    other = [v for v in readers[0].inputs if v != value]
+    return (readers[0], other[0]) if len(other) == 1 and view.tensor(other[0]) is not None else None
+
+
+def _layernorm_plan(node: Node, view: View) -> _LayerNorm | None:
+    """Root at the last of Div -> [Mul by a constant] -> [Add of a constant]."""
+    chain, scale, shift = [node], None, None
+    if node.op_type == "Add":
+        mul = next((view.producer(v, "Mul") for v in node.inputs if view.producer(v, "Mul")), None)
+        if mul is None or _affine_reader(view, mul.outputs[0], "Add") is None:
+            return None
+        shift = _affine_reader(view, mul.outputs[0], "Add")[1]
+        chain = [mul, node]
+    if chain[0].op_type == "Mul":
+        div = next((view.producer(v, "Div") for v in chain[0].inputs if view.producer(v, "Div")), None)
+        found = _affine_reader(view, div.outputs[0], "Mul") if div is not None else None
+        if found is None:
+            return None
+        scale = found[1]
+        chain = [div] + chain
+    if node.op_type == "Div" and _affine_reader(view, node.outputs[0], "Mul"):
+        return None  # the Mul (or the Add after it) is the root
+    if node.op_type == "Mul" and _affine_reader(view, node.outputs[0], "Add"):
+        return None
+    core = _normalised(view, chain[0])
+    if core is None:
+        return None
+    x, axes, epsilon, nodes = core
+    return _LayerNorm(x, axes[0], epsilon, scale, shift, tuple(nodes[:-1] + chain)) \
+        if axes == tuple(range(axes[0], len(view.shape(x)))) else None
+
+
+def _check_layernorm(m: Match, view: View) -> str | None:
+    p = _layernorm_plan(m[-1], view)
+    features = view.shape(p.x)[p.axis:]
+    for name in (p.scale, p.shift):
+        c = view.tensor(name) if name is not None else None
+        if c is not None and (c.ndim > len(features) or c.shape != features[len(features) - c.ndim:]):
+            return f"the affine constant {list(c.shape)} is not per normalised feature {list(features)}"
+    return None
+
+
+def _layernorm(m: Match, view: View) -> Replacement:
+    p = _layernorm_plan(m[-1], view)
+    dtype = view.type(p.x).dtype
+    features = view.shape(p.x)[p.axis:]
+    out = m[-1].outputs[0]
+    scale, tensors = view.fresh(out + "_scale"), {}
+    tensors[scale] = np.ones(features, dtype) if p.scale is None else \
+        np.ascontiguousarray(np.broadcast_to(view.tensor(p.scale), features).astype(dtype))
+    inputs = [p.x, scale]
+    if p.shift is not None:
+        shift = view.fresh(out + "_shift")
+        tensors[shift] = np.ascontiguousarray(np.broadcast_to(view.tensor(p.shift), features).astype(dtype))
+        inputs.append(shift)
+    attrs = _attrs(axis=p.axis, epsilon=float(p.epsilon))
+    return Replacement(nodes=(Node("LayerNormalization", tuple(inputs), m[-1].outputs, attrs, "", m[-1].name),),
+                       tensors=tensors)
+
+
+def _match_layernorm(node: Node, view: View) -> Match | None:
+    plan = _layernorm_plan(node, view)
+    return plan.nodes if plan else None
+
+
+LAYERNORM_UNIT = Rule("layernorm_unit", FAMILY, frozenset({"Div", "Mul", "Add"}), _match_layernorm,
+                      _check_layernorm, _layernorm)
+
+
 # ---------------------------------------------------------------- rule sets
 
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
-    DEPTHWISE_CONV_NHWC, WINOGRAD_F4, WINOGRAD_F2, NHWC_CONV_IM2COL, CONV_IM2COL,
-    ATTENTION_UNIT, GELU_ERF_UNIT, GELU_TANH_UNIT, MATMUL_WEIGHT_NK, GEMM_WEIGHT_NK,
+    DEPTHWISE_CONV_NHWC, WINOGRAD_3X3, WINOGRAD_F4, WINOGRAD_F2, NHWC_CONV_IM2COL, CONV_IM2COL,
+    ATTENTION_UNIT, GELU_ERF_UNIT, GELU_TANH_UNIT, LAYERNORM_UNIT, MATMUL_WEIGHT_NK, GEMM_WEIGHT_NK,
 )}
 
 # Every rule alone, so that `rewrite(model, RULE_SETS[name])` applies only it.
@@ -491,10 +637,13 @@ RULE_SETS: dict[str, RuleSet] = {name: RuleSet(name, (rule,)) for name, rule in 
 # Per root op type, the forms a node of that type may take (besides staying as it is).
 ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "Conv": ("conv_im2col",),
-    "ConvNHWC": ("depthwise_conv_nhwc", "winograd_f4x4_3x3", "winograd_f2x2_3x3", "nhwc_conv_im2col"),
+    "ConvNHWC": ("depthwise_conv_nhwc", "winograd_3x3", "winograd_f4x4_3x3", "winograd_f2x2_3x3",
+                 "nhwc_conv_im2col"),
     "MatMul": ("attention_unit", "matmul_weight_nk"),
     "Gemm": ("gemm_weight_nk",),
-    "Mul": ("gelu_erf_unit", "gelu_tanh_unit"),
+    "Mul": ("gelu_erf_unit", "gelu_tanh_unit", "layernorm_unit"),
+    "Div": ("layernorm_unit",),
+    "Add": ("layernorm_unit",),
 }
 
 
