@@ -1,0 +1,446 @@
+"""`autofuse.tune`: the tuning driver, a readable sequence of steps.
+
+1. Import the model; measure the whole-model rewrite pipelines (the global
+   decision) and keep the fastest that matches onnxruntime.
+2. Cut the rewritten model into tasks; take every record the database already
+   holds for them on this target (resume, and reuse across models).
+3. Rounds: the scheduler picks a task, the evolutionary search proposes
+   candidates ranked by the cost model, the runner measures them, each result
+   is committed to the database as it arrives, the cost model is updated.
+4. Assemble the best candidate of every task, check the whole model against
+   onnxruntime, and time it beside XLA's default and onnxruntime.
+
+The driver is the only writer of the database; measuring is the runner's job,
+ranking the cost model's, storing the database's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from autofuse.api import ModelRef, example_inputs, import_onnx, resolve
+from autofuse.costmodel.base import CostModel, Sample, default_cost_model
+from autofuse.database import Database, Record, Target, Workload, current_target, open_database
+from autofuse.errors import AutofuseError
+from autofuse.executable import Executable
+from autofuse.ir import Model
+from autofuse.rewrite import rewrite
+from autofuse.runners.base import Job, Runner, RunResult
+from autofuse.search.evolution import propose
+from autofuse.search.measure import build_program, task_jobs
+from autofuse.search.scheduler import TaskState, next_task
+from autofuse.search.space import Choices, Space, apply_choices, candidate_key, model_choices, task_space
+from autofuse.search.task import Task, describe_graph, extract_tasks
+
+# Whole-model rewrite pipelines the search chooses between (rule-family names).
+PIPELINES: tuple[tuple[str, ...], ...] = (
+    (),
+    ("folding",),
+    ("folding", "layout"),
+    ("folding", "algebraic", "layout"),
+    ("folding", "algebraic", "layout", "algorithm"),
+)
+PIPELINE_DECISION = "global/rewrites"
+# The whole-model contenders of the closing comparison.
+TUNED, ALGORITHMS_ONLY, PIPELINE_ONLY = "autofuse tuned", "algorithm choices only", "rewrites only"
+XLA_DEFAULT, ORT = "XLA default", "onnxruntime"
+# A task keeps its default unless a candidate measured at least this much faster.
+CHOICE_MARGIN = 0.03
+# A tuned model may differ from onnxruntime by at most this (max |diff| / max |reference|).
+MODEL_TOLERANCE = 1e-3
+
+Progress = Callable[["TuneProgress"], None]
+
+
+@dataclass(frozen=True)
+class TuneProgress:
+    """A snapshot for a progress bar."""
+
+    phase: str
+    trials: int
+    trials_total: int | None
+    best_task_speedup: float | None
+    elapsed_s: float
+    time_left_s: float | None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """One task's outcome."""
+
+    key: str
+    ops: str
+    occurrences: int
+    default_ms: float | None
+    best_ms: float | None
+    best: dict
+    measured: int
+    reused: int
+
+
+@dataclass
+class TuneResult:
+    """What a tuning run produced: the tuned model and how it compares."""
+
+    source: str
+    model: Model
+    pipeline: tuple[str, ...]
+    choices: Choices
+    barriers: frozenset[str]
+    tasks: list[TaskReport]
+    measurements: int
+    reused: int
+    median_ms: dict[str, float] = field(default_factory=dict)
+    max_rel_diff: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def decisions(self) -> dict:
+        return {"pipeline": list(self.pipeline), "algorithms": dict(self.choices.algorithms),
+                "splits": sorted(self.choices.splits)}
+
+
+class _Session:
+    """The pieces of one tuning run the steps share: database, target, runner, cost model, budget."""
+
+    def __init__(self, db: Database, target: Target, runner: Runner, cost_model: CostModel,
+                 trials: int | None, time_budget_s: float | None, progress: Progress | None,
+                 source: str) -> None:
+        self.db, self.target, self.runner, self.cost_model = db, target, runner, cost_model
+        self.trials, self.time_budget_s, self.progress = trials, time_budget_s, progress
+        self.source = source
+        self.start = time.monotonic()
+        self.measurements = 0
+        self.reused = 0
+        self.best_speedup: float | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def time_left(self) -> float | None:
+        return None if self.time_budget_s is None else max(0.0, self.time_budget_s - self.elapsed())
+
+    def out_of_budget(self, reserve_s: float = 0.0) -> bool:
+        if self.trials is not None and self.measurements >= self.trials:
+            return True
+        left = self.time_left()
+        return left is not None and left <= reserve_s
+
+    def report(self, phase: str, message: str = "") -> None:
+        if self.progress:
+            self.progress(TuneProgress(phase, self.measurements, self.trials, self.best_speedup,
+                                       self.elapsed(), self.time_left(), message))
+
+    def measure(self, workload: Workload, candidates: Sequence[dict], jobs: Sequence[Job]
+                ) -> list[tuple[dict, RunResult]]:
+        """Runs jobs, committing each record the moment its result arrives."""
+        self.db.commit_workload(workload)
+        futures = self.runner.submit(list(jobs))
+        results = []
+        for candidate, future in zip(candidates, futures):
+            result = future.result()
+            self.db.commit_record(_record(workload.key, self.target.key, candidate, result))
+            self.measurements += 1
+            results.append((candidate, result))
+        return results
+
+
+def _record(workload_key: str, target_key: str, candidate: dict, result: RunResult) -> Record:
+    return Record(workload_key, target_key, dict(candidate), candidate_key(candidate), result.median_s,
+                  result.iqr_s, result.repeats, result.compile_s, result.max_rel_diff, result.error_kind,
+                  result.error)
+
+
+def _known(db: Database, workload_key: str, target_key: str) -> dict[str, tuple[dict, float | None]]:
+    """Records already in the database for a workload on this target: candidate key -> (candidate, seconds)."""
+    known: dict[str, tuple[dict, float | None]] = {}
+    for r in db.records(workload_key, target_key):
+        seconds = r.median_s if r.ok else None
+        previous = known.get(r.candidate_key)
+        if previous is None or (seconds is not None and (previous[1] is None or seconds < previous[1])):
+            known[r.candidate_key] = (r.candidate, seconds)
+    return known
+
+
+def _pipeline_name(pipeline: Sequence[str]) -> str:
+    return ",".join(pipeline) or "none"
+
+
+def choose_pipeline(session: _Session, model: Model, inputs: Mapping[str, np.ndarray],
+                    reference: Sequence[np.ndarray], pipelines: Sequence[Sequence[str]]
+                    ) -> tuple[tuple[str, ...], Model, dict[str, float | None]]:
+    """Step 1: measures the whole model under each rewrite pipeline; the fastest correct one wins."""
+    from autofuse.api import rule_families
+
+    known_families = rule_families()
+    workload = Workload(f"model:{model.graph.structural_key()}",
+                        dict(describe_graph(model.graph), kind="model"), (session.source,))
+    known = _known(session.db, workload.key, session.target.key)
+    rewritten: dict[str, tuple[tuple[str, ...], Model]] = {}
+    for pipeline in pipelines:
+        if all(f in known_families for f in pipeline):
+            sets = [known_families[f] for f in pipeline]
+            rewritten[_pipeline_name(pipeline)] = (tuple(pipeline), rewrite(model, sets).model if sets else model)
+    todo = [name for name in rewritten if candidate_key({PIPELINE_DECISION: name}) not in known]
+    session.report("pipelines", f"measuring {len(todo)} rewrite pipelines on the whole model"
+                   + (f" ({len(rewritten) - len(todo)} from the database)" if len(todo) < len(rewritten) else ""))
+    if todo:
+        candidates = [{PIPELINE_DECISION: name} for name in todo]
+        jobs = [Job(f"{workload.key}/{name}",
+                    functools.partial(build_program, rewritten[name][1], Choices(), inputs),
+                    tuple(reference), rtol=MODEL_TOLERANCE, atol=0.0, timeout_s=600.0)
+                for name in todo]
+        for candidate, result in session.measure(workload, candidates, jobs):
+            known[candidate_key(candidate)] = (candidate, result.median_s if result.ok else None)
+    times = {name: known.get(candidate_key({PIPELINE_DECISION: name}), (None, None))[1] for name in rewritten}
+    good = {name: t for name, t in times.items() if t is not None}
+    if not good:
+        raise AutofuseError(f"{session.source}: no rewrite pipeline compiled and matched onnxruntime")
+    best = min(good, key=good.get)
+    return rewritten[best][0], rewritten[best][1], times
+
+
+def _samples(task: Task, description: dict, candidates: Sequence[dict], target: dict) -> list[Sample]:
+    return [Sample(task.key, description, dict(c), target) for c in candidates]
+
+
+def tune_tasks(session: _Session, tasks: Sequence[Task], *, round_size: int, seed: int,
+               reserve_s: float) -> tuple[list[TaskState], dict[str, int]]:
+    """Steps 2 and 3: database records first, then measured rounds until the budget is spent."""
+    rng = random.Random(seed)
+    target_features = dataclasses.asdict(session.target)
+    states, spaces, descriptions, references, reused = [], {}, {}, {}, {}
+    for task in tasks:
+        state = TaskState(task)
+        state.measured = _known(session.db, task.key, session.target.key)
+        reused[task.key] = len(state.measured)
+        session.reused += len(state.measured)
+        spaces[task.key] = task_space(task)
+        descriptions[task.key] = task.describe()
+        states.append(state)
+    session.report("tasks", f"{len(tasks)} tasks; {session.reused} records reused from the database")
+    while not session.out_of_budget(reserve_s):
+        state = next_task(states)
+        if state is None:
+            break
+        task, space = state.task, spaces[state.task.key]
+        description = descriptions[task.key]
+
+        def rank(pool: Sequence[dict]) -> Sequence[float]:
+            return session.cost_model.predict(_samples(task, description, pool, target_features))
+
+        room = round_size if session.trials is None else min(round_size, session.trials - session.measurements)
+        candidates = [space.canonical(c) for c in propose(space, state.measured, room, rank, rng)]
+        state.rounds += 1
+        if not candidates:
+            state.exhausted = True
+            continue
+        if task.key not in references:
+            from autofuse.search.measure import reference_outputs
+            from autofuse.search.task import random_inputs
+
+            references[task.key] = reference_outputs(task, random_inputs(task.model, seed))
+        jobs = task_jobs(task, candidates, seed=seed, reference=references[task.key])
+        workload = Workload(task.key, description, (session.source,))
+        results = session.measure(workload, candidates, jobs)
+        times = []
+        for candidate, result in results:
+            state.measured[candidate_key(candidate)] = (candidate, result.median_s if result.ok else None)
+            times.append(result.median_s if result.ok else None)
+        ok = [(c, t) for (c, _), t in zip(results, times) if t is not None]
+        if ok:
+            session.cost_model.update(_samples(task, description, [c for c, _ in ok], target_features),
+                                      [t for _, t in ok], time_budget_s=5.0)
+        default_s = state.measured.get(candidate_key(space.default()), (None, None))[1]
+        if default_s and state.best_s:
+            session.best_speedup = max(session.best_speedup or 0.0, default_s / state.best_s)
+        session.report("search", f"task {task.key[:8]} ({'+'.join(n.op_type for n in task.nodes)}): "
+                       f"best {state.best_s * 1e3:.3f} ms" if state.best_s else f"task {task.key[:8]}: no success")
+    return states, reused
+
+
+def chosen_candidate(state: TaskState, space: Space, margin: float = CHOICE_MARGIN) -> dict:
+    """The best measured candidate if it beats the default by `margin`, else the default
+    (a difference inside the timing noise is not worth a change)."""
+    default = space.default()
+    default_s = state.measured.get(candidate_key(default), (None, None))[1]
+    best, best_s = state.best_candidate, state.best_s
+    if best is None or (default_s is not None and best_s > default_s * (1 - margin)):
+        return default
+    return space.canonical(best)
+
+
+def _task_report(state: TaskState, space: Space, reused: int) -> TaskReport:
+    default = state.measured.get(candidate_key(space.default()), (None, None))[1]
+    best = chosen_candidate(state, space)
+    return TaskReport(state.task.key, "+".join(n.op_type for n in state.task.nodes), state.task.weight,
+                      default * 1e3 if default else None, state.best_s * 1e3 if state.best_s else None,
+                      best, len(state.measured) - reused, reused)
+
+
+def _onnxruntime_outputs(model: ModelRef, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    from autofuse.runners.onnxruntime import reference_session, run_session
+
+    return run_session(reference_session(resolve(model)), inputs)
+
+
+def _blocking(executable: Executable, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: [v.block_until_ready() for v in executable.run_device(inputs)]
+
+
+def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
+           inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray], seconds: float) -> None:
+    """Step 4: the tuned model must match onnxruntime and beat what it was built from;
+    times it beside the pipeline alone, XLA's default and onnxruntime (interleaved)."""
+    from autofuse.bench import relative_error
+    from autofuse.runners.onnxruntime import baseline_session, run_session
+    from autofuse.runners.protocol import compare
+
+    tuned = Executable(result.model, barriers=result.barriers).compile()
+    diff = relative_error(reference, tuned(inputs))
+    if diff > MODEL_TOLERANCE:
+        result.notes.append(f"the tuned model differed from onnxruntime by {diff:.1e}; "
+                            "its task decisions were dropped")
+        result.model, result.choices, result.barriers = rewritten, Choices(), frozenset()
+        tuned = Executable(rewritten).compile()
+        diff = relative_error(reference, tuned(inputs))
+    contenders = {TUNED: _blocking(tuned, inputs)}
+    variants = {TUNED: (result.model, result.choices, result.barriers)}
+    if result.choices.splits and result.choices.algorithms:
+        algorithms_only = Choices(result.choices.algorithms)
+        model_only, _ = apply_choices(rewritten, algorithms_only)
+        contenders[ALGORITHMS_ONLY] = _blocking(Executable(model_only).compile(), inputs)
+        variants[ALGORITHMS_ONLY] = (model_only, algorithms_only, frozenset())
+    if result.choices.algorithms or result.choices.splits:
+        contenders[PIPELINE_ONLY] = _blocking(Executable(rewritten).compile(), inputs)
+        variants[PIPELINE_ONLY] = (rewritten, Choices(), frozenset())
+    contenders[XLA_DEFAULT] = _blocking(Executable(raw).compile(), inputs)
+    session = baseline_session(resolve(model))
+    contenders[ORT] = lambda: run_session(session, inputs)
+    timings = compare(contenders, rounds=5, warmup=2, min_repeats=3, min_seconds=seconds)
+    result.median_ms = {name: t.median_ms for name, t in timings.items()}
+    result.max_rel_diff = diff
+    fastest = min(variants, key=lambda name: timings[name].median_s)
+    if fastest != TUNED:
+        result.notes.append(f"in the whole model, '{fastest}' beat all task decisions together: it is kept")
+        result.model, result.choices, result.barriers = variants[fastest]
+        result.median_ms[TUNED] = result.median_ms[fastest]
+
+
+def tune(
+    model: ModelRef,
+    *,
+    db: str | os.PathLike | Database = "autofuse.db",
+    runner: Runner | None = None,
+    target: str = "cpu",
+    trials: int | None = None,
+    time_budget_s: float | None = 600.0,
+    cost_model: CostModel | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    pipelines: Sequence[Sequence[str]] = PIPELINES,
+    round_size: int = 4,
+    seed: int = 0,
+    compare_seconds: float = 3.0,
+    progress: Progress | None = None,
+) -> TuneResult:
+    """Tunes a model on this machine and returns the tuned model with its measurements.
+
+    Every measurement is committed to `db` as it arrives; running again with
+    the same database resumes without re-measuring, and a model that shares
+    workloads with one tuned before takes those records instead of measuring.
+    The default runner is Ray, started locally.
+    """
+    if trials is not None and trials < 1:
+        raise AutofuseError(f"--trials {trials}: must be at least 1")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise AutofuseError(f"--time-budget {time_budget_s}: must be positive")
+    source = str(model)
+    owns_db = isinstance(db, (str, os.PathLike))
+    database = open_database(db) if owns_db else db
+    owns_runner = runner is None
+    try:
+        this_target = current_target(target)
+        database.commit_target(this_target)
+        if runner is None:
+            from autofuse.runners.ray import RayRunner
+
+            runner = RayRunner()
+        session = _Session(database, this_target, runner, cost_model or default_cost_model(),
+                           trials, time_budget_s, progress, source)
+        session.report("import", f"importing {source}")
+        raw = import_onnx(model, shapes=shapes)
+        inputs = example_inputs(raw, seed=seed)
+        reference = _onnxruntime_outputs(model, inputs)
+        pipeline, rewritten, _ = choose_pipeline(session, raw, inputs, reference, pipelines)
+        session.report("tasks", f"pipeline {_pipeline_name(pipeline)}; extracting tasks")
+        tasks = extract_tasks(rewritten)
+        reused_at_start = session.reused
+        states, reused = tune_tasks(session, tasks, round_size=round_size, seed=seed,
+                                    reserve_s=30.0 + 4 * compare_seconds)
+        spaces = {s.task.key: task_space(s.task) for s in states}
+        choices = model_choices([(s.task, chosen_candidate(s, spaces[s.task.key])) for s in states])
+        tuned, barriers = apply_choices(rewritten, choices)
+        reports = [_task_report(s, spaces[s.task.key], reused.get(s.task.key, 0)) for s in states]
+        result = TuneResult(source, tuned, pipeline, choices, barriers, reports,
+                            session.measurements, session.reused - reused_at_start)
+        session.report("compare", "checking the tuned model against onnxruntime and timing it")
+        finish(result, raw, rewritten, model, inputs, reference, compare_seconds)
+        return result
+    finally:
+        if owns_runner and runner is not None:
+            runner.close()
+        if owns_db:
+            database.close()
+
+
+def best_known(
+    model: ModelRef | Model,
+    *,
+    db: str | os.PathLike | Database,
+    target: str = "cpu",
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    pipelines: Sequence[Sequence[str]] = PIPELINES,
+) -> TuneResult:
+    """Applies the best records the database holds for this model on this target, measuring nothing.
+
+    Without a record of the whole-model pipelines, the full default pipeline is used.
+    """
+    from autofuse.api import rule_families
+
+    owns_db = isinstance(db, (str, os.PathLike))
+    database = open_database(db) if owns_db else db
+    try:
+        this_target = current_target(target)
+        raw = model if isinstance(model, Model) else import_onnx(model, shapes=shapes)
+        key = f"model:{raw.graph.structural_key()}"
+        families = rule_families()
+        known = _known(database, key, this_target.key)
+        timed = {c[PIPELINE_DECISION]: t for c, t in known.values() if t is not None and PIPELINE_DECISION in c}
+        usable = [p for p in pipelines if all(f in families for f in p)]
+        by_name = {_pipeline_name(p): tuple(p) for p in usable}
+        timed = {name: t for name, t in timed.items() if name in by_name}
+        pipeline = by_name[min(timed, key=timed.get)] if timed else tuple(usable[-1])
+        rewritten = rewrite(raw, [families[f] for f in pipeline]).model if pipeline else raw
+        pairs, reports, reused = [], [], 0
+        for task in extract_tasks(rewritten):
+            space = task_space(task)
+            records = _known(database, task.key, this_target.key)
+            reused += len(records)
+            state = TaskState(task, records)
+            pairs.append((task, chosen_candidate(state, space)))
+            reports.append(_task_report(state, space, len(records)))
+        choices = model_choices(pairs)
+        tuned, barriers = apply_choices(rewritten, choices)
+        source = raw.source if isinstance(model, Model) else str(model)
+        return TuneResult(source, tuned, pipeline, choices, barriers, reports, 0, reused)
+    finally:
+        if owns_db:
+            database.close()

@@ -1,0 +1,56 @@
+"""Turning (task, candidate) pairs into runner jobs, and whole models into programs.
+
+Jobs travel to worker processes, so what they carry is plain data (the task's
+standalone model with its weights, the chosen decisions, fixed inputs) and the
+builder is a module-level function.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from autofuse.executable import Executable
+from autofuse.ir import Model
+from autofuse.runners.base import Job
+from autofuse.search.space import Choices, apply_choices, candidate_key, task_choices
+from autofuse.search.task import Task, random_inputs
+
+
+class CompiledProgram:
+    """A compiled executable bound to fixed inputs: calling it runs once and returns the outputs."""
+
+    def __init__(self, executable: Executable, inputs: Mapping[str, np.ndarray]) -> None:
+        self.executable = executable.compile()
+        self.compile_s = executable.compile_seconds
+        self._inputs = dict(inputs)
+
+    def __call__(self) -> list[np.ndarray]:
+        return [np.asarray(v) for v in self.executable.run_device(self._inputs)]
+
+
+def build_program(model: Model, choices: Choices, inputs: Mapping[str, np.ndarray],
+                  compiler_options: Mapping[str, Any] | None = None) -> CompiledProgram:
+    """Applies the choices to the model and compiles it (runs inside a runner's worker)."""
+    chosen, barriers = apply_choices(model, choices)
+    return CompiledProgram(Executable(chosen, compiler_options=compiler_options, barriers=barriers), inputs)
+
+
+def reference_outputs(task: Task, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The task's outputs as XLA computes it with no decision taken (the check for every candidate)."""
+    return tuple(np.asarray(v) for v in Executable(task.model).compile()(inputs))
+
+
+def task_jobs(task: Task, candidates: Sequence[Mapping[str, str]], *, seed: int = 0,
+              reference: Sequence[np.ndarray] | None = None, timeout_s: float = 120.0) -> list[Job]:
+    """One job per candidate of a task, all on the same seeded inputs and reference."""
+    inputs = random_inputs(task.model, seed)
+    if reference is None:
+        reference = reference_outputs(task, inputs)
+    jobs = []
+    for candidate in candidates:
+        build = functools.partial(build_program, task.model, task_choices(task, candidate), inputs)
+        jobs.append(Job(f"{task.key}/{candidate_key(candidate)}", build, tuple(reference),
+                        rtol=2e-3, atol=2e-4, timeout_s=timeout_s))
+    return jobs
