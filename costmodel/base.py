@@ -56,16 +56,22 @@ PEAK_FLOPS = 2.0e11
 BANDWIDTH = 2.0e10
 KERNEL_OVERHEAD_S = 2e-6
 _OP_EFFICIENCY = {"Conv": 0.4, "ConvNHWC": 0.5, "MatMul": 0.9, "Gemm": 0.9}
-# algorithm -> (FLOP factor, efficiency, extra bytes as a multiple of the node's bytes)
+# algorithm (autofuse.rewrite.algorithm rule names) -> (FLOP factor, efficiency, extra bytes as a
+# multiple of the node's bytes; negative: traffic a one-node pattern saves).
 _ALGORITHMS = {
-    "conv1x1_to_matmul": (1.0, 0.9, 0.0),
-    "conv_to_im2col": (1.0, 0.8, 2.0),
-    "winograd_f2": (1 / 2.25, 0.5, 1.0),
-    "winograd_f4": (1 / 4.0, 0.45, 1.5),
-    "depthwise_taps": (1.0, 0.3, 0.0),
-    "pretranspose_weight": (1.0, 0.95, 0.0),
+    "conv_im2col": (1.0, 0.8, 2.0),
+    "nhwc_conv_im2col": (1.0, 0.8, 2.0),
+    "winograd_f2x2_3x3": (1 / 2.25, 0.5, 1.0),
+    "winograd_f4x4_3x3": (1 / 4.0, 0.45, 1.5),
+    "winograd_3x3": (1 / 3.0, 0.5, 1.2),
+    "depthwise_conv_nhwc": (1.0, 0.3, 0.0),
+    "matmul_weight_nk": (1.0, 0.95, 0.0),
+    "gemm_weight_nk": (1.0, 0.95, 0.0),
+    "attention_unit": (1.0, 0.9, -0.5),
+    "gelu_erf_unit": (1.0, 0.25, -0.5),
+    "gelu_tanh_unit": (1.0, 0.25, -0.5),
+    "layernorm_unit": (1.0, 0.25, -0.5),
 }
-_ONEDNN_CONV_EFFICIENCY = 0.6
 
 
 def _dtype_size(dtype: str) -> int:
@@ -101,7 +107,6 @@ class AnalyticModel:
         nodes = list(sample.description.get("nodes", []))
         if not nodes:
             return KERNEL_OVERHEAD_S
-        onednn = str(sample.candidate.get("global/xla_cpu_use_onednn", "off")) in ("on", "true", "True", "1")
         group = list(range(len(nodes)))
 
         def find(i: int) -> int:
@@ -123,8 +128,6 @@ class AnalyticModel:
             op = str(node.get("op", ""))
             flop_factor, efficiency, extra = _ALGORITHMS.get(algorithm_of(sample.candidate, i),
                                                              (1.0, _OP_EFFICIENCY.get(op, 0.25), 0.0))
-            if onednn and op in ("Conv", "ConvNHWC") and algorithm_of(sample.candidate, i) == "default":
-                efficiency = _ONEDNN_CONV_EFFICIENCY
             node_bytes = float(node.get("bytes", 0.0))
             g = find(i)
             compute[g] = compute.get(g, 0.0) + flop_factor * float(node.get("flops", 0.0)) / (PEAK_FLOPS * efficiency)

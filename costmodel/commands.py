@@ -8,6 +8,8 @@ import argparse
 import json
 from typing import Any
 
+from autofuse.datasets.records import DEFAULT_REWRITES
+
 
 def add_parsers(sub: Any) -> None:
     """Adds the `dataset` and `costmodel` command groups to the CLI's subparsers."""
@@ -17,6 +19,9 @@ def add_parsers(sub: Any) -> None:
     collect = actions.add_parser("collect", help="measure every task's candidates of the given models")
     collect.add_argument("models", nargs="+", help=".onnx files or zoo names (autofuse zoo lists them)")
     collect.add_argument("--db", required=True, metavar="PATH", help="tuning database, created if missing")
+    collect.add_argument("--rewrites", default=",".join(DEFAULT_REWRITES), metavar="FAMILIES",
+                         help="rewrite families applied before cutting tasks, as the tuner does "
+                              f"(default {','.join(DEFAULT_REWRITES)}; '' for none)")
     collect.add_argument("--max-candidates", type=int, default=16, metavar="N",
                          help="candidates per task: the default and a seeded sample of the rest (default 16)")
     collect.add_argument("--measure-seconds", type=float, default=0.15, metavar="S",
@@ -81,8 +86,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from autofuse.datasets.records import collect
 
     with open_database(args.db) as db:
-        added = collect(args.models, db, max_candidates=args.max_candidates, min_seconds=args.measure_seconds,
-                        seed=args.seed)
+        rewrites = tuple(f.strip() for f in args.rewrites.split(",") if f.strip())
+        added = collect(args.models, db, rewrites=rewrites, max_candidates=args.max_candidates,
+                        min_seconds=args.measure_seconds, seed=args.seed)
     print(f"{added} records added to {args.db}")
     return 0
 

@@ -90,8 +90,10 @@ class _Step(NamedTuple):
     opt_state: optax.OptState
 
 
-def _make_step(optimizer: optax.GradientTransformation, margin: float,
-               regression_weight: float) -> Callable[[_Step, GraphBatch, jax.Array, jax.Array], tuple[_Step, jax.Array]]:
+StepFn = Callable[[_Step, GraphBatch, jax.Array, jax.Array], tuple[_Step, jax.Array]]
+
+
+def _make_step(optimizer: optax.GradientTransformation, margin: float, regression_weight: float) -> StepFn:
     @jax.jit
     def step(state: _Step, graphs: GraphBatch, y: jax.Array, group: jax.Array) -> tuple[_Step, jax.Array]:
         loss, grads = jax.value_and_grad(loss_fn)(state.params, graphs, y, group, margin, regression_weight)

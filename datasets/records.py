@@ -51,14 +51,20 @@ def hlo_key(executable: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def collect(models: Sequence[str], db: Any, *, max_candidates: int = 16, min_seconds: float = 0.15,
-            seed: int = 0, log: Callable[[str], None] = print) -> int:
-    """Measures the candidates of every task of `models` into the database `db`.
+# The rewrite families the tuner's usual pipelines apply before cutting tasks (see autofuse.tuning).
+DEFAULT_REWRITES = ("folding", "algebraic", "layout")
+
+
+def collect(models: Sequence[str], db: Any, *, rewrites: Sequence[str] = DEFAULT_REWRITES,
+            max_candidates: int = 16, min_seconds: float = 0.15, seed: int = 0,
+            log: Callable[[str], None] = print) -> int:
+    """Measures the candidates of every task of `models` (after the `rewrites` families,
+    as the tuner cuts tasks from a rewritten model) into the database `db`.
 
     Returns how many records were added (candidates already in `db` for this
     target are skipped).
     """
-    from autofuse.api import import_onnx
+    from autofuse.api import import_onnx, rewrite_model
     from autofuse.database import Workload, candidate_key, current_target
     from autofuse.search.space import task_space
     from autofuse.search.task import extract_tasks
@@ -67,7 +73,8 @@ def collect(models: Sequence[str], db: Any, *, max_candidates: int = 16, min_sec
     db.commit_target(target)
     added = 0
     for model_name in models:
-        tasks = extract_tasks(import_onnx(model_name))
+        model = import_onnx(model_name)
+        tasks = extract_tasks(rewrite_model(model, rewrites).model if rewrites else model)
         log(f"{model_name}: {len(tasks)} tasks")
         for task in tasks:
             db.commit_workload(Workload(task.key, task.describe(), (model_name,)))

@@ -51,7 +51,8 @@ def synthetic(tasks: list[tuple[int, int]], seed: int = 0) -> tuple[list[Sample]
         description = conv_chain(channels, size)
         key = f"conv{channels}x{size}"
         base_s = description["nodes"][0]["flops"] / 5e10
-        for algorithm, e01, e12 in itertools.product(("default", "winograd_f2"), ("fuse", "split"), ("fuse", "split")):
+        choices = (("default", "winograd_f2x2_3x3"), ("fuse", "split"), ("fuse", "split"))
+        for algorithm, e01, e12 in itertools.product(*choices):
             candidate = {"node:0/algorithm": algorithm, "edge:0->1/fuse": e01, "edge:1->2/fuse": e12}
             factor = (0.6 if algorithm != "default" else 1.0) * 1.3 ** [e01, e12].count("split")
             samples.append(Sample(key, description, candidate, TARGET))
@@ -83,7 +84,7 @@ def test_decisions_change_the_features_they_belong_to():
     split = featurize(sample({"edge:0->1/fuse": "split"}))
     assert not np.array_equal(fused.edges[0], split.edges[0])
     assert np.array_equal(fused.edges[1], split.edges[1])
-    winograd = featurize(sample({"node:0/algorithm": "winograd_f2"}))
+    winograd = featurize(sample({"node:0/algorithm": "winograd_f2x2_3x3"}))
     default = featurize(sample({}))
     assert not np.array_equal(winograd.nodes[0], default.nodes[0])
     assert np.array_equal(winograd.nodes[1], default.nodes[1])
@@ -106,7 +107,7 @@ def test_batch_pads_to_powers_of_two_with_a_padding_graph():
 def test_analytic_model_prefers_fusion_and_winograd():
     model = AnalyticModel()
     scores = model.predict([sample({}), sample({"edge:0->1/fuse": "split", "edge:1->2/fuse": "split"}),
-                            sample({"node:0/algorithm": "winograd_f2"})])
+                            sample({"node:0/algorithm": "winograd_f2x2_3x3"})])
     assert scores[1] > scores[0] > scores[2]
     model.update([sample({})], [1.0])  # a no-op, but part of the interface
     assert np.array_equal(model.predict([sample({})]), scores[:1])

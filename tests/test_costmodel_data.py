@@ -71,7 +71,7 @@ def test_collect_measures_checks_and_resumes(collected, conv_model_path):
     assert frame["models"].map(len).min() == 1
     samples, latencies, groups = samples_of(frame)
     assert len(samples) == added and len(set(groups)) == 1
-    assert samples[0].description["nodes"][0]["op"] == "Conv"
+    assert "ConvNHWC" in {n["op"] for n in samples[0].description["nodes"]}  # cut after the layout rewrite
     assert np.all(latencies > 0)
 
 
