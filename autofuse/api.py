@@ -56,10 +56,11 @@ def rule_families() -> dict[str, "RuleSet"]:
     """The rewrite families a user can ask for by name, in pipeline order."""
     from autofuse.rewrite.algebraic import ALGEBRAIC
     from autofuse.rewrite.algorithm import ALGORITHM
+    from autofuse.rewrite.blas import BLAS
     from autofuse.rewrite.folding import FOLDING
     from autofuse.rewrite.layout import LAYOUT
 
-    return {"folding": FOLDING, "algebraic": ALGEBRAIC, "layout": LAYOUT, "algorithm": ALGORITHM}
+    return {"folding": FOLDING, "algebraic": ALGEBRAIC, "layout": LAYOUT, "algorithm": ALGORITHM, "blas": BLAS}
 
 
 def rewrite_model(model: Model, families: Sequence[str]) -> "RewriteResult":

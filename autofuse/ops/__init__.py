@@ -1,6 +1,7 @@
 """Op lowerings, one module per family; importing this package registers them all."""
 from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     attention,
+    blas,
     classic_ml,
     control,
     elementwise,
