@@ -32,8 +32,11 @@ Candidate = dict[str, str]
 def choice_rules() -> dict[str, Rule]:
     """Every per-op lowering alternative the search may choose, by rule name."""
     from autofuse.rewrite.algorithm import ALTERNATIVES, RULES
+    from autofuse.rewrite.blas import BLAS_ALTERNATIVES, BLAS_RULES
 
-    return {name: RULES[name] for names in ALTERNATIVES.values() for name in names}
+    rules = {name: RULES[name] for names in ALTERNATIVES.values() for name in names}
+    rules.update({name: BLAS_RULES[name] for names in BLAS_ALTERNATIVES.values() for name in names})
+    return rules
 
 
 @dataclass(frozen=True)
