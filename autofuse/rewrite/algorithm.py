@@ -659,4 +659,5 @@ def alternatives_for(model: Model, node: Node) -> tuple[str, ...]:
     return tuple(applicable)
 
 
-ALGORITHM = RuleSet("algorithm", (DEPTHWISE_CONV_NHWC,))
+# The default family: the rules that won on the zoo (docs/decisions.md has the figures).
+ALGORITHM = RuleSet("algorithm", (DEPTHWISE_CONV_NHWC, WINOGRAD_3X3, MATMUL_WEIGHT_NK, GEMM_WEIGHT_NK))
