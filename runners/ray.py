@@ -131,6 +131,7 @@ class _Task:
     phase: str = "compile"
     node_id: str | None = None
     compile_s: float | None = None
+    job_ref: Any = None  # the job in Ray's object store, shared by both phases
     ref: Any = None
     launched: float = 0.0
     started: float | None = None
@@ -188,6 +189,7 @@ class RayRunner:
         self._running: list[_Task] = []
         self._closing = threading.Event()
         self._closed = False
+        self._stopped: str | None = None
         self._thread = threading.Thread(target=self._pump, name="autofuse-ray-runner", daemon=True)
         self._thread.start()
 
@@ -241,7 +243,10 @@ class RayRunner:
         for job in jobs:
             future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
             timeout = job.timeout_s if self.timeout_s is None else min(job.timeout_s, self.timeout_s)
-            self._incoming.put(_Task(job, future, timeout))
+            if self._stopped:
+                future.set_result(RunResult.failure(job.key, "crash", self._stopped))
+            else:
+                self._incoming.put(_Task(job, future, timeout))
             futures.append(future)
         return futures
 
@@ -278,7 +283,7 @@ class RayRunner:
             while self._step():
                 pass
         except Exception as exc:  # Ray itself failed: every job still open gets a record
-            message = f"the Ray runner stopped: {describe(exc)}"
+            message = self._stopped = f"the Ray runner stopped: {describe(exc)}"
             self._drain_incoming()
             open_tasks = list(self._queued) + self._running + [t for n in self._nodes.values() for t in n.waiting]
             for task in open_tasks:
@@ -326,7 +331,7 @@ class RayRunner:
                 self._start(task, _measure_task.options(
                     num_cpus=node.cpus, resources=resources, max_retries=self.max_retries,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-                ), task.job, task.compile_s, self.cache_dir, self.settings)
+                ), task.compile_s, self.cache_dir, self.settings)
                 launched.append(task)
         while queued:
             free = [n for n in self._nodes.values() if not n.waiting and not n.measuring and n.compiling < n.cpus]
@@ -341,15 +346,18 @@ class RayRunner:
             self._start(task, _compile_task.options(
                 num_cpus=1, max_retries=self.max_retries,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-            ), task.job, self.cache_dir)
+            ), self.cache_dir)
             launched.append(task)
         return [t for t in launched if not t.future.done()]
 
     def _start(self, task: _Task, remote: Any, *args: Any) -> None:
+        """Runs `remote(job, *args)`; a job Ray cannot serialise becomes a "compile" record."""
         try:
-            task.ref = remote.remote(*args)
+            if task.job_ref is None:
+                task.job_ref = ray.put(task.job)
+            task.ref = remote.remote(task.job_ref, *args)
             task.launched = time.monotonic()
-        except Exception as exc:  # the job could not be serialised for Ray
+        except Exception as exc:
             self._release(task)
             self._finish(task, RunResult.failure(task.job.key, "compile", f"cannot send the job to Ray: {describe(exc)}",
                                                  compile_s=task.compile_s))
@@ -419,5 +427,6 @@ class RayRunner:
                 node.measuring = False
 
     def _finish(self, task: _Task, result: RunResult) -> None:
+        task.job_ref = None
         if not task.future.done():
             task.future.set_result(result)

@@ -157,3 +157,21 @@ def build_logged(log_path: str, key: str, n: int = 64) -> _LoggedProgram:
 def logged_job(log_path: str, key: str, n: int = 64) -> Job:
     return Job(key, functools.partial(build_logged, log_path, key, n), reference=tanh_reference(n))
 
+
+
+def drive_cluster(address: str, log_path: str, n_jobs: int, out_path: str) -> None:
+    """A driver process for the cluster test: runs logged jobs, writes results, stats and warnings as JSON."""
+    import dataclasses
+    import warnings
+
+    from autofuse.runners.ray import RayRunner
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner = RayRunner(address=address, min_seconds=0.05, warmup=1, min_repeats=5)
+    with runner:
+        nodes = len(runner._nodes)
+        results = [f.result(timeout=300) for f in runner.submit([logged_job(log_path, f"job{i}") for i in range(n_jobs)])]
+    with open(out_path, "w") as f:
+        json.dump({"nodes": nodes, "results": [dataclasses.asdict(r) for r in results], "stats": runner.stats,
+                   "warnings": [str(w.message) for w in caught]}, f)
