@@ -97,14 +97,22 @@ def _node_ports() -> list[str]:
 
 
 def _ray_cli() -> str:
-    return shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    """This interpreter's own `ray` script (not a shim that may pick another Python)."""
+    own = Path(sys.executable).with_name("ray")
+    return str(own) if own.exists() else shutil.which("ray") or "ray"
+
+
+# Execs its arguments with SIGTERM set as the parent-death signal (Linux), so a
+# node whose test process is killed before teardown stops itself.
+_DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+                    "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def _ray_start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     """`ray start --block` in its own process group, so teardown can end exactly what it started."""
     with open(log, "wb") as out:
-        return subprocess.Popen([_ray_cli(), "start", "--block", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, _ray_cli(), "start", "--block", *args],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _wait_for(log: Path, text: str, process: subprocess.Popen, timeout_s: float = 90.0) -> None:
