@@ -55,7 +55,7 @@ _NODE_REFRESH_S = 5.0
 
 # ---- worker side -------------------------------------------------------------
 
-_cache_events = {"hits": 0, "misses": 0}
+_cache_misses = [0]  # compiles in this worker process that missed the persistent cache
 
 
 def _use_node_cache(cache_root: str) -> str:
@@ -75,10 +75,8 @@ def _use_node_cache(cache_root: str) -> str:
 
 
 def _count_cache_event(event: str, **kwargs: Any) -> None:
-    if event == "/jax/compilation_cache/cache_hits":
-        _cache_events["hits"] += 1
-    elif event == "/jax/compilation_cache/cache_misses":
-        _cache_events["misses"] += 1
+    if event == "/jax/compilation_cache/cache_misses":
+        _cache_misses[0] += 1
 
 
 @ray.remote
@@ -95,9 +93,9 @@ def _measure_task(job: Job, compile_s: float, cache_root: str, settings: dict):
     """Yields "started", then (the record, how many compiles missed the cache)."""
     yield _STARTED
     _use_node_cache(cache_root)
-    misses = _cache_events["misses"]
+    misses = _cache_misses[0]
     built = build_program(job)
-    misses = _cache_events["misses"] - misses
+    misses = _cache_misses[0] - misses
     if isinstance(built, RunResult):
         yield built, misses
         return
@@ -144,7 +142,8 @@ class RayRunner:
     `address=None` starts a private local Ray instance (`num_cpus` CPUs, quiet,
     no dashboard, its own temp folder) and shuts it down on `close`;
     an address such as "127.0.0.1:6379" joins a cluster started with
-    `ray start`. If Ray is already initialised in this process it is used as is.
+    `ray start`. If Ray is already initialised in this process it is used as is
+    (then the job builders' modules must be importable on the workers).
     `timeout_s` caps every job's own; `cache_dir` holds the per-node XLA caches
     (by default a fresh folder per runner, removed from every node on `close`);
     a task that has not started `start_timeout_s` after its launch (no worker

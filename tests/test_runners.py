@@ -157,3 +157,14 @@ def test_local_runner_cap_and_close_leave_no_worker():
     assert set(local_workers()) - others == set()
     with pytest.raises(RuntimeError, match="closed"):
         runner.submit([rj.tanh_job("late")])
+
+
+def test_local_runner_close_can_cancel_jobs_not_started():
+    runner = LocalRunner(**FAST)
+    running, *queued = runner.submit([Job("sleeps", functools.partial(rj.build_sleeps, 2.0))]
+                                     + [rj.tanh_job(f"queued{i}") for i in range(3)])
+    while not running.running():
+        time.sleep(0.01)
+    runner.close(cancel_pending=True)
+    assert running.result().ok
+    assert all(f.cancelled() for f in queued)
