@@ -30,17 +30,16 @@ _STOP = None
 class _Worker:
     """The subprocess and the two pipe ends that talk to it."""
 
-    def __init__(self, log_path: str, start_timeout_s: float) -> None:
+    def __init__(self, start_timeout_s: float) -> None:
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(code_paths() + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "autofuse.runners.local", str(to_worker_r), str(from_worker_w)],
-                pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            )
+        self.log = tempfile.TemporaryFile()  # unnamed: nothing is left behind, however the driver ends
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "autofuse.runners.local", str(to_worker_r), str(from_worker_w)],
+            pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env=env,
+        )
         os.close(to_worker_r)
         os.close(from_worker_w)
         self.send_conn = Connection(to_worker_w, readable=False)
@@ -51,7 +50,9 @@ class _Worker:
         try:
             self.recv_conn.recv()
         except EOFError:
-            raise RuntimeError(self.death()) from None
+            reason = self.death()
+            self.stop()
+            raise RuntimeError(reason) from None
 
     def death(self) -> str:
         """Why the worker is gone: its exit status and the last thing it printed."""
@@ -63,7 +64,7 @@ class _Worker:
                 how = f"killed by signal {-code}"
         else:
             how = f"exited with status {code}"
-        tail = _log_tail(self.log_path)
+        tail = _log_tail(self.log.fileno())
         return f"worker {how}" + (f"; last output: {tail}" if tail else "")
 
     def stop(self) -> None:
@@ -75,20 +76,24 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.log.close()
 
     def kill(self) -> None:
         self.process.kill()
         self.stop()
 
 
-def _log_tail(path: str, limit: int = 300) -> str:
-    """The most telling line at the end of a worker's log (a fatal error if there is one)."""
+def _log_tail(fd: int, limit: int = 300) -> str:
+    """The most telling line at the end of a worker's log (a fatal error if there is one).
+
+    Read with pread, which leaves the offset the worker shares untouched.
+    """
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 8192))
-            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        size = os.fstat(fd).st_size
+        text = os.pread(fd, 8192, max(0, size - 8192)).decode(errors="replace")
     except OSError:
         return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     fatal = [ln for ln in lines if ln.startswith(("Fatal Python error", "MemoryError"))]
     line = (fatal or lines or [""])[-1]
     return line[:limit]
@@ -114,7 +119,6 @@ class LocalRunner:
         self.timeout_s = timeout_s
         self.settings = {"min_seconds": min_seconds, "warmup": warmup, "min_repeats": min_repeats}
         self.start_timeout_s = start_timeout_s
-        self._log_dir = tempfile.TemporaryDirectory(prefix="autofuse-local-runner-")
         self._queue: queue.Queue = queue.Queue()
         self._worker: _Worker | None = None
         self._closed = False
@@ -147,7 +151,6 @@ class LocalRunner:
                     item[1].cancel()
         self._queue.put(_STOP)
         self._thread.join()
-        self._log_dir.cleanup()
 
     def __enter__(self) -> "LocalRunner":
         return self
@@ -174,7 +177,7 @@ class LocalRunner:
             return RunResult.failure(key, "compile", f"the job cannot be sent to the worker: {describe(exc)}")
         if self._worker is None:
             try:
-                self._worker = _Worker(os.path.join(self._log_dir.name, "worker.log"), self.start_timeout_s)
+                self._worker = _Worker(self.start_timeout_s)
             except (OSError, RuntimeError) as exc:
                 self._worker = None
                 return RunResult.failure(key, "crash", f"could not start a worker: {exc}")
@@ -186,8 +189,9 @@ class LocalRunner:
                 return worker.recv_conn.recv()
         except (EOFError, OSError):
             self._worker = None
+            reason = worker.death()
             worker.stop()
-            return RunResult.failure(key, "crash", worker.death())
+            return RunResult.failure(key, "crash", reason)
         self._worker = None
         worker.kill()
         return RunResult.failure(key, "timeout", f"no result within {timeout:g} s; the worker was killed")
