@@ -66,7 +66,8 @@ def _ints(node: Node, name: str) -> tuple[int, ...]:
 
 
 def _explicit_pads(conv: Node, spatial, kernel) -> tuple[int, ...]:
-    """ONNX-ordered explicit pads (begins, then ends), auto_pad resolved."""
+    """ONNX-ordered explicit pads (begins, then ends), auto_pad resolved as the lowering does
+    (the node stands in for the lowering's Ctx: both answer `attr(name, default)`)."""
     pairs = _window_pads(conv, spatial, kernel, _ints(conv, "strides"), _ints(conv, "dilations"))
     return tuple(int(p[0]) for p in pairs) + tuple(int(p[1]) for p in pairs)
 
