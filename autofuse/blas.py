@@ -10,7 +10,16 @@ in `numpy.libs/` or the `scipy_openblas64` package) under build-specific
 symbol names such as `scipy_cblas_sgemm64_`, with 64-bit integer sizes when
 `openblas_get_config()` says USE64BITINT. `find_openblas()` finds the library
 numpy actually loaded and those names; the kernel is handed the sgemm address
-once, so it shares numpy's OpenBLAS and its thread pool.
+once, so it shares numpy's OpenBLAS.
+
+Binding the kernel sets that OpenBLAS to one thread, for the whole process
+(numpy's products included): OpenBLAS's own thread pool beside XLA's
+oversubscribes the cores. On the shared 2-core development machine, two
+OpenBLAS threads inside an XLA executable ran the ResNet-50 and BERT layer
+products 10-90x slower than one, and ResNet-50 with them 8x slower than
+without BLAS. The kernel gets its parallelism by splitting a product over
+XLA's intra-op threads instead (parts handed out dynamically, so a thread
+the OS takes away delays one small part, not half the product).
 """
 from __future__ import annotations
 
@@ -44,17 +53,16 @@ class OpenBlas(NamedTuple):
     path: str
     sgemm: str
     ilp64: bool
-    set_threads_local: str | None
+    set_threads: str | None
 
 
 def _candidates() -> list[str]:
-    """OpenBLAS libraries: those already mapped into this process first, then numpy's bundled ones."""
-    import numpy  # noqa: F401  (loads its OpenBLAS)
-
+    """OpenBLAS libraries: those mapped into this process (numpy's, loaded with it) first, then bundled ones."""
     mapped: list[str] = []
     try:
         for line in Path("/proc/self/maps").read_text().splitlines():
-            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            fields = line.split(maxsplit=5)
+            path = fields[5] if len(fields) == 6 else ""
             if "openblas" in Path(path).name.lower() and path not in mapped:
                 mapped.append(path)
     except OSError:
@@ -65,14 +73,12 @@ def _candidates() -> list[str]:
     return mapped + [p for p in bundled if p not in mapped]
 
 
-def _symbol(library: ctypes.CDLL, *stems: str) -> tuple[str, str] | None:
-    """(name, suffix) of the first decorated form of a stem the library exports."""
-    for stem in stems:
-        for prefix in _PREFIXES:
-            for suffix in _SUFFIXES:
-                name = f"{prefix}{stem}{suffix}"
-                if hasattr(library, name):
-                    return name, suffix
+def _symbol(library: ctypes.CDLL, stem: str) -> tuple[str, str] | None:
+    """(name, suffix) of the first decorated form of `stem` the library exports."""
+    for prefix in _PREFIXES:
+        for suffix in _SUFFIXES:
+            if hasattr(library, name := f"{prefix}{stem}{suffix}"):
+                return name, suffix
     return None
 
 
@@ -92,8 +98,8 @@ def _describe(path: str) -> OpenBlas | None:
         ilp64 = b"USE64BITINT" in (get_config() or b"")
     else:
         ilp64 = suffix != ""
-    local = _symbol(library, "openblas_set_num_threads_local")
-    return OpenBlas(path, sgemm, ilp64, local[0] if local else None)
+    threads = _symbol(library, "openblas_set_num_threads")
+    return OpenBlas(path, sgemm, ilp64, threads[0] if threads else None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,9 +119,10 @@ def _bind() -> str:
     library = native.load(SOURCE)
     openblas = ctypes.CDLL(blas.path)
     address = ctypes.cast(getattr(openblas, blas.sgemm), ctypes.c_void_p)
-    local = ctypes.cast(getattr(openblas, blas.set_threads_local), ctypes.c_void_p) if blas.set_threads_local else None
-    library.AutofuseBlasBind.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
-    if library.AutofuseBlasBind(address, int(blas.ilp64), local) != 0:
+    if blas.set_threads:
+        getattr(openblas, blas.set_threads)(1)
+    library.AutofuseBlasBind.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
+    if library.AutofuseBlasBind(address, int(blas.ilp64), int(blas.set_threads is not None)) != 0:
         raise native.NativeUnavailable(f"{blas.path}: {blas.sgemm} has no address")
     native.register(library, HANDLERS)
     return TARGET
@@ -148,22 +155,17 @@ def xla_form(x2: jax.Array, w: jax.Array, bias: jax.Array | None, relu: bool) ->
     return jnp.maximum(y, 0) if relu else y
 
 
-def _kernel_form(target: str, relu: bool, threads: int, split: bool):
+def _kernel_form(target: str, relu: bool, split: bool):
     def call(x2: jax.Array, w: jax.Array, *bias: jax.Array) -> jax.Array:
         out = jax.ShapeDtypeStruct((x2.shape[0], w.shape[1]), jnp.float32)
-        return jax.ffi.ffi_call(target, out)(x2, w, *bias, relu=bool(relu), threads=np.int64(threads),
-                                             split=bool(split))
+        return jax.ffi.ffi_call(target, out)(x2, w, *bias, relu=bool(relu), split=bool(split))
 
     return call
 
 
 def blas_matmul(x: jax.Array, w: jax.Array, bias: jax.Array | None = None, *, relu: bool = False,
-                threads: int = 0, split: bool = False, impl: Impl = "auto") -> jax.Array:
-    """x (..., K) @ w (K, N) [+ bias (N,)] [then ReLU].
-
-    `threads`: OpenBLAS threads for the call (0: its default). `split`: cut the
-    product into one part per XLA intra-op thread instead, each a one-thread sgemm.
-    """
+                split: bool = True, impl: Impl = "auto") -> jax.Array:
+    """x (..., K) @ w (K, N) [+ bias (N,)] [then ReLU]; `split` runs parts of it on XLA's intra-op threads."""
     if w.ndim != 2 or x.shape[-1] != w.shape[0]:
         raise AutofuseError(f"blas_matmul: x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply")
     lead, n = x.shape[:-1], w.shape[1]
@@ -178,5 +180,5 @@ def blas_matmul(x: jax.Array, w: jax.Array, bias: jax.Array | None = None, *, re
     if target is None:
         y = default(*operands)
     else:
-        y = jax.lax.platform_dependent(*operands, cpu=_kernel_form(target, relu, threads, split), default=default)
+        y = jax.lax.platform_dependent(*operands, cpu=_kernel_form(target, relu, split), default=default)
     return y.reshape(lead + (n,))

@@ -169,7 +169,19 @@ def test_alternatives_are_single_node_choices_the_search_can_place():
         for name in BLAS_ALTERNATIVES.get(node.op_type, ()):
             match = BLAS_RULES[name].match(node, view)
             assert match[-1] is node and BLAS_RULES[name].check(match, view) is None
-    assert set(r.name for r in BLAS) == set(BLAS_RULES) | {r.name for r in BLAS_EPILOGUE}
+    assert {r.name for r in BLAS} == {n for n in BLAS_RULES if not n.endswith("_1t")} | {r.name for r in BLAS_EPILOGUE}
+
+
+@pytest.mark.parametrize("name", ["matmul_blas_1t", "gemm_blas_1t"])
+def test_one_thread_variants_run_whole(name):
+    op = "MatMul" if name.startswith("matmul") else "Gemm"
+    model = tiny([helper.make_node(op, ["x", "w"], ["y"])], {"x": [70, 80]}, ["y"], {"w": rng_array(80, 90)})
+    result = only(name, model)
+    assert result.fired == {name: 1}
+    (node,) = result.model.graph.nodes
+    assert node.attr("split") == 0
+    assert only(name[:-3], model).model.graph.nodes[0].attr("split") == 1
+    assert_equivalent(model, result.model)
 
 
 def test_small_cnn_with_folding_layout_and_blas():

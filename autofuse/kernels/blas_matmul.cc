@@ -4,14 +4,15 @@
 //   b    f32 [K, N]   row-major (the constant weight)
 //   bias f32 [N]      optional, broadcast over the rows
 //   c    f32 [M, N]
-//   attributes: relu (bool); threads (int64: OpenBLAS threads for the call, 0 = its default);
-//               split (bool: cut the product into one part per XLA intra-op thread instead,
-//               each part a one-thread sgemm, so OpenBLAS's own pool stays idle)
+//   attribute: relu (bool); split (bool: cut the product into parts run on XLA's
+//              intra-op threads, each part one sgemm)
 //
 // The sgemm is not linked: Python resolves it in the OpenBLAS that numpy loaded
 // (its name carries a build-specific prefix/suffix, and 64-bit integer builds
 // take int64 sizes) and hands the address to AutofuseBlasBind once, before the
-// first call. The bias is written into C first and sgemm adds to it (beta = 1).
+// first call, saying whether OpenBLAS was set to one thread. Only then are
+// products split: OpenBLAS's own thread pool beside XLA's oversubscribes the
+// cores. The bias is written into C first and sgemm adds to it (beta = 1).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -30,18 +31,19 @@ using Sgemm32 = void (*)(int, int, int, int32_t, int32_t, int32_t, float, const 
                          int32_t, float, float*, int32_t);
 using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
                          int64_t, float, float*, int64_t);
-// openblas_set_num_threads_local: sets the calling thread's count, returns the previous one.
-using SetThreadsLocal = int (*)(int);
 
 constexpr int kRowMajor = 101;
 constexpr int kNoTrans = 111;
 // Below this many multiply-adds, splitting over XLA's threads costs more than it saves.
 constexpr int64_t kMinParallelMacs = 1 << 18;
+constexpr int64_t kPartsPerThread = 4;
+constexpr int64_t kMinPartRows = 64;
+constexpr int64_t kMinPartColumns = 64;
 
 struct Blas {
   void* sgemm = nullptr;
   bool ilp64 = false;
-  SetThreadsLocal set_threads_local = nullptr;
+  bool single_threaded = false;
 };
 
 Blas g_blas;
@@ -87,26 +89,19 @@ struct Problem {
   }
 };
 
-// Sets this thread's OpenBLAS thread count for a scope (when OpenBLAS can), restores it after.
-class LocalThreads {
- public:
-  explicit LocalThreads(int64_t threads)
-      : set_(threads > 0 && g_blas.set_threads_local != nullptr),
-        previous_(set_ ? g_blas.set_threads_local(static_cast<int>(threads)) : 0) {}
-  ~LocalThreads() {
-    if (set_) g_blas.set_threads_local(previous_);
-  }
-
- private:
-  bool set_;
-  int previous_;
-};
-
-// The parts of a pool split: the longer of M and N cut into `parts` pieces (columns in multiples of 16).
+// Part `index` of `parts`: the longer of M and N cut into equal pieces (columns in multiples of 16).
 Part Piece(const Problem& p, int64_t index, int64_t parts) {
   if (p.m >= p.n) return {p.m * index / parts, p.m * (index + 1) / parts, 0, p.n};
   const int64_t blocks = (p.n + 15) / 16;
   return {0, p.m, std::min(p.n, 16 * (blocks * index / parts)), std::min(p.n, 16 * (blocks * (index + 1) / parts))};
+}
+
+// How many parts: a few per thread, so that a thread the OS takes away (the
+// cores are shared) delays one small part instead of half the product, but
+// none thinner than kMinPartRows rows or kMinPartColumns columns.
+int64_t PartCount(const Problem& p, int64_t workers) {
+  const int64_t most = p.m >= p.n ? p.m / kMinPartRows : p.n / kMinPartColumns;
+  return std::max<int64_t>(1, std::min(kPartsPerThread * workers, most));
 }
 
 // Parts handed out from an atomic counter; the caller takes parts too, so the
@@ -118,7 +113,6 @@ struct Work {
   std::atomic<int64_t> done{0};
 
   void Drain() {
-    LocalThreads one(1);
     for (int64_t i = next.fetch_add(1); i < parts; i = next.fetch_add(1)) {
       p.Run(Piece(p, i, parts));
       done.fetch_add(1, std::memory_order_release);
@@ -128,7 +122,7 @@ struct Work {
 
 ffi::Error BlasMatMulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                           std::optional<ffi::Buffer<ffi::F32>> bias, ffi::ResultBuffer<ffi::F32> c, bool relu,
-                          int64_t threads, bool split) {
+                          bool split) {
   if (g_blas.sgemm == nullptr) {
     return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "BlasMatMul: OpenBLAS sgemm was never bound");
   }
@@ -148,17 +142,16 @@ ffi::Error BlasMatMulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Bu
   }
   const Problem problem{a.typed_data(), b.typed_data(), bias.has_value() ? bias->typed_data() : nullptr,
                         c->typed_data(), m, k, n, relu};
-  const int64_t workers = split && g_blas.set_threads_local != nullptr ? pool.num_threads() : 0;
-  const int64_t parts = std::min<int64_t>(workers, std::max(m, (n + 15) / 16));
-  if (parts <= 1 || m * n * k < kMinParallelMacs) {
-    LocalThreads scope(threads);
+  const int64_t workers = split && g_blas.single_threaded ? pool.num_threads() : 0;
+  const int64_t parts = workers > 1 && m * n * k >= kMinParallelMacs ? PartCount(problem, workers) : 1;
+  if (parts <= 1) {
     problem.Run({0, m, 0, n});
     return ffi::Error::Success();
   }
   auto work = std::make_shared<Work>();
   work->p = problem;
   work->parts = parts;
-  for (int64_t t = 1; t < parts; ++t) pool.Schedule([work] { work->Drain(); });
+  for (int64_t t = 1; t < std::min(workers, parts); ++t) pool.Schedule([work] { work->Drain(); });
   work->Drain();
   while (work->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
   return ffi::Error::Success();
@@ -166,10 +159,10 @@ ffi::Error BlasMatMulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Bu
 
 }  // namespace
 
-extern "C" int AutofuseBlasBind(void* sgemm, int ilp64, void* set_threads_local) {
+extern "C" int AutofuseBlasBind(void* sgemm, int ilp64, int single_threaded) {
   g_blas.sgemm = sgemm;
   g_blas.ilp64 = ilp64 != 0;
-  g_blas.set_threads_local = reinterpret_cast<SetThreadsLocal>(set_threads_local);
+  g_blas.single_threaded = single_threaded != 0;
   return sgemm != nullptr ? 0 : 1;
 }
 
@@ -181,5 +174,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseBlasMatMul, BlasMatMulImpl,
                                   .OptionalArg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("relu")
-                                  .Attr<int64_t>("threads")
                                   .Attr<bool>("split"));

@@ -3,9 +3,8 @@
 Only the rewrite rules of `autofuse.rewrite.blas` put it into a model, never an ONNX file:
 
 * `BlasMatMul(x, w, bias?)`: x (..., K) @ w (K, N) [+ bias (N,)], then ReLU when
-  the attribute `relu` is 1; `threads` is the OpenBLAS thread count for the call
-  (0: OpenBLAS's default); `split` 1 cuts the product into one part per XLA
-  intra-op thread instead, each a one-thread sgemm. Runs OpenBLAS's sgemm through the FFI kernel of
+  the attribute `relu` is 1; `split` (default 1) runs parts of the product on
+  XLA's intra-op threads, 0 runs it whole on the calling thread. Runs OpenBLAS's sgemm through the FFI kernel of
   `autofuse.blas` on CPU for float32, the XLA dot elsewhere.
 """
 from __future__ import annotations
@@ -30,5 +29,4 @@ def _blas_matmul_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) 
 def blas_matmul(ctx: Ctx, x, w, bias=None):
     from autofuse.blas import blas_matmul as run
 
-    return run(x, w, bias, relu=bool(ctx.attr("relu", 0)), threads=int(ctx.attr("threads", 0)),
-               split=bool(ctx.attr("split", 0)))
+    return run(x, w, bias, relu=bool(ctx.attr("relu", 0)), split=bool(ctx.attr("split", 1)))

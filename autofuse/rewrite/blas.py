@@ -15,12 +15,19 @@ Epilogues folded into a BlasMatMul that feeds them alone:
 * `blas_bias`: Add(BlasMatMul(x, W), b) with a constant per-column b -> BlasMatMul(x, W, b).
 * `blas_relu`: Relu(BlasMatMul(...)) -> BlasMatMul(..., relu=1).
 
-`BLAS` holds all of them (the whole-model family `--rewrite ...,blas`).
-For the tuner, `BLAS_RULES` and `BLAS_ALTERNATIVES` list the per-op choices in
-the form of `autofuse.rewrite.algorithm.RULES` / `ALTERNATIVES`; after a
-search fires a choice, `BLAS_EPILOGUE` folds the bias and ReLU that follow.
+Each product is split over XLA's intra-op threads (`split=1`); the `*_1t`
+variants (`matmul_blas_1t` ...) run it whole on the calling thread instead,
+which measured as fast or faster while other work shares the cores.
+
+`BLAS` holds the split forms and the epilogues (the whole-model family
+`--rewrite ...,blas`). For the tuner, `BLAS_RULES` and `BLAS_ALTERNATIVES`
+list the per-op choices in the form of `autofuse.rewrite.algorithm.RULES` /
+`ALTERNATIVES`; after a search fires a choice, `BLAS_EPILOGUE` folds the bias
+and ReLU that follow.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -71,9 +78,7 @@ def _column_bias(view: View, value: str, columns: int, rank: int) -> np.ndarray 
 
 
 def _blas(inputs: tuple[str, ...], outputs: tuple[str, ...], name: str) -> Node:
-    """A BlasMatMul split over XLA's threads, one-thread sgemm each: OpenBLAS's own pool beside
-    XLA's oversubscribes the cores (ResNet-50 measured 11x slower with it, see docs/decisions.md)."""
-    return Node(OP, inputs, outputs, _attrs(relu=0, split=1, threads=1), DOMAIN, name)
+    return Node(OP, inputs, outputs, _attrs(relu=0, split=1), DOMAIN, name)
 
 
 # ---------------------------------------------------------------- MatMul
@@ -229,12 +234,25 @@ BLAS_RELU = Rule("blas_relu", FAMILY, frozenset({"Relu"}), _match_relu, _check_r
 
 # ---------------------------------------------------------------- rule sets
 
-BLAS_RULES: dict[str, Rule] = {rule.name: rule for rule in (MATMUL_BLAS, GEMM_BLAS, CONV_NHWC_BLAS)}
+def _one_thread(rule: Rule) -> Rule:
+    """`rule` with the product run whole on the calling thread (split=0) instead of over XLA's threads."""
+    def rewrite(m: Match, view: View) -> Replacement:
+        done = rule.rewrite(m, view)
+        nodes = tuple(n.replace(attrs=tuple(sorted({**dict(n.attrs), "split": 0}.items()))) if n.op_type == OP else n
+                      for n in done.nodes)
+        return dataclasses.replace(done, nodes=nodes)
+
+    return Rule(f"{rule.name}_1t", FAMILY, rule.op_types, rule.match, rule.check, rewrite)
+
+
+_SPLIT = (MATMUL_BLAS, GEMM_BLAS, CONV_NHWC_BLAS)
+BLAS_RULES: dict[str, Rule] = {rule.name: rule for rule in _SPLIT + tuple(_one_thread(r) for r in _SPLIT)}
 
 # Per root op type, the BLAS forms a node of that type may take (besides staying as it is).
 BLAS_ALTERNATIVES: dict[str, tuple[str, ...]] = {
-    "MatMul": ("matmul_blas",), "Gemm": ("gemm_blas",), "ConvNHWC": ("conv_nhwc_blas",),
+    "MatMul": ("matmul_blas", "matmul_blas_1t"), "Gemm": ("gemm_blas", "gemm_blas_1t"),
+    "ConvNHWC": ("conv_nhwc_blas", "conv_nhwc_blas_1t"),
 }
 
 BLAS_EPILOGUE = RuleSet("blas_epilogue", (BLAS_BIAS, BLAS_RELU))
-BLAS = RuleSet("blas", tuple(BLAS_RULES.values()) + BLAS_EPILOGUE.rules)
+BLAS = RuleSet("blas", _SPLIT + BLAS_EPILOGUE.rules)
