@@ -115,6 +115,18 @@ class TunedModel:
         return [np.asarray(v) for v in self._compile()(self._weights, values)]
 
 
+def _register_native_kernels(blob: bytes) -> None:
+    """Registers the autofuse FFI kernels the artifact calls, so its custom calls resolve."""
+    if b"autofuse_blas_matmul" in blob:
+        from autofuse.blas import kernel_target
+
+        kernel_target()
+    if b"autofuse_sparse_matmul" in blob:
+        from autofuse.sparsity.native import kernel_target
+
+        kernel_target()
+
+
 def load_artifact(path: str | os.PathLike) -> TunedModel:
     """Reads an .afz written by `autofuse tune` or `autofuse compile`."""
     from jax import export
@@ -138,4 +150,5 @@ def load_artifact(path: str | os.PathLike) -> TunedModel:
     platform = jax.default_backend()
     if platform not in manifest.get("platforms", ["cpu"]):
         raise ArtifactError(f"{path}: exported for {manifest.get('platforms')}, this machine runs {platform}")
+    _register_native_kernels(blob)
     return TunedModel(manifest, export.deserialize(bytearray(blob)), weights, path)

@@ -12,6 +12,9 @@ from autofuse.ir import Model, TensorType
 from autofuse.lowering import evaluate
 
 
+# Custom-call targets of autofuse's native kernels (registered by autofuse.blas and autofuse.sparsity).
+NATIVE_TARGETS = ("autofuse_blas_matmul", "autofuse_sparse_matmul")
+
 # XLA turns optimization barriers into no-ops before fusion unless this pass is off.
 BARRIER_EXPANDER_PASS = "cse_barrier_expander"
 
@@ -66,8 +69,12 @@ class Executable:
         """The computation serialisable through `jax.export` (weights and inputs as arguments)."""
         from jax import export
 
+        # autofuse's own native kernels (BLAS, sparse matmul) are custom calls; the
+        # loader registers them again before it compiles (see autofuse.artifact).
+        checks = [export.DisabledSafetyCheck.custom_call(target) for target in NATIVE_TARGETS]
         weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self._weights.items()}
-        return export.export(jax.jit(self._function), platforms=platforms)(weight_specs, self._input_specs)
+        return export.export(jax.jit(self._function), platforms=platforms,
+                             disabled_checks=checks)(weight_specs, self._input_specs)
 
     def compile(self) -> "Executable":
         """Compiles through XLA; records how long it took."""

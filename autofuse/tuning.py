@@ -193,10 +193,12 @@ def choose_pipeline(session: _Session, model: Model, inputs: Mapping[str, np.nda
     session.report("pipelines", f"measuring {len(todo)} rewrite pipelines on the whole model"
                    + (f" ({len(rewritten) - len(todo)} from the database)" if len(todo) < len(rewritten) else ""))
     if todo:
+        # Within MODEL_TOLERANCE of the largest reference value (small outputs carry no relative precision).
+        scale = max((float(np.max(np.abs(r))) for r in reference if np.size(r)), default=1.0)
         candidates = [{PIPELINE_DECISION: name} for name in todo]
         jobs = [Job(f"{workload.key}/{name}",
                     functools.partial(build_program, rewritten[name][1], Choices(), inputs),
-                    tuple(reference), rtol=MODEL_TOLERANCE, atol=0.0, timeout_s=600.0)
+                    tuple(reference), rtol=MODEL_TOLERANCE, atol=MODEL_TOLERANCE * scale, timeout_s=600.0)
                 for name in todo]
         for candidate, result in session.measure(workload, candidates, jobs):
             known[candidate_key(candidate)] = (candidate, result.median_s if result.ok else None)

@@ -58,3 +58,18 @@ def test_bad_inputs_and_files_get_clear_errors(tmp_path):
         load_artifact(tmp_path / "new.afz")
     with pytest.raises(ArtifactError, match="no such file"):
         load_artifact(tmp_path / "missing.afz")
+
+
+def test_an_artifact_calling_the_blas_kernel_round_trips(tmp_path):
+    from autofuse.blas import kernel_target
+    from autofuse.rewrite import rewrite
+    from autofuse.rewrite.blas import BLAS
+
+    if kernel_target() is None:
+        pytest.skip("no native BLAS kernel on this machine")
+    model = rewrite(_model(), BLAS).model
+    assert "BlasMatMul" in [n.op_type for n in model.graph.nodes]
+    exe = Executable(model).compile()
+    loaded = load_artifact(save_artifact(tmp_path / "b.afz", exe, source="tiny", decisions={}, target={}))
+    x = np.random.default_rng(2).standard_normal((2, 16)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x)[0], exe({"x": x})[0], rtol=1e-6)

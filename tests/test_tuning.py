@@ -56,26 +56,28 @@ def measured_pairs(db_path) -> Counter:
 
 
 def _tune(model, db, trials, **kw):
+    # One pipeline: on a model this small, which pipeline wins is timing noise, and the
+    # tasks (hence the records a later run can reuse) depend on it.
     with LocalRunner(min_seconds=0.05) as runner:
         return tune(model, db=db, runner=runner, trials=trials, cost_model=AnalyticModel(),
-                    compare_seconds=0.2, **kw)
+                    compare_seconds=0.2, pipelines=[("folding",)], **kw)
 
 
 def test_tune_commits_every_measurement_and_resumes_without_remeasuring(tmp_path):
     model = conv_net(tmp_path / "net.onnx", blocks=2)
     db = tmp_path / "tune.db"
     first = _tune(model, db, trials=8)
-    assert first.measurements == 8
-    assert sum(measured_pairs(db).values()) == 8
+    assert 3 <= first.measurements <= 8  # the spaces of this tiny net may run out first
+    assert sum(measured_pairs(db).values()) == first.measurements
     assert first.max_rel_diff is not None and first.max_rel_diff < 1e-3
     assert {"autofuse tuned", "XLA default", "onnxruntime"} <= set(first.median_ms)
     assert first.tasks and all(t.occurrences == 2 for t in first.tasks)
 
     second = _tune(model, db, trials=4)
-    assert second.reused >= 8 - 5  # every task record of the first run (the pipelines are reused too)
+    assert second.reused == first.measurements - 1  # every task record (the pipeline record is reused too)
     pairs = measured_pairs(db)
     assert max(pairs.values()) == 1, "a candidate was measured twice"
-    assert sum(pairs.values()) == 8 + second.measurements
+    assert sum(pairs.values()) == first.measurements + second.measurements
 
 
 def test_a_model_sharing_workloads_takes_the_records_instead_of_measuring(tmp_path):
