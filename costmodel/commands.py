@@ -72,13 +72,13 @@ def _frame(paths: list[str]) -> Any:
     import pandas as pd
 
     from autofuse.database import open_database
-    from autofuse.datasets.records import training_frame
+    from autofuse.datasets.records import aggregate_repeats, training_frame
 
     frames = []
     for path in paths:
         with open_database(path, create=False) as db:
             frames.append(training_frame(db))
-    return pd.concat(frames, ignore_index=True)
+    return aggregate_repeats(pd.concat(frames, ignore_index=True))
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

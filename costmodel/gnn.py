@@ -105,12 +105,17 @@ def apply(params: Params, graphs: GraphBatch) -> jax.Array:
 _apply_jit = jax.jit(apply)
 
 
+# Prediction pads to at least these sizes, so the tuner's pools (tens of candidates of a
+# task of a dozen nodes) all share one compiled shape.
+PREDICT_FLOORS = {"min_graphs": 256, "min_nodes": 1024, "min_edges": 1024}
+
+
 def predict_graphs(params: Params, graphs: Sequence[GraphArrays], chunk: int = 255) -> np.ndarray:
     """Normalised predictions for featurised graphs, in padded chunks of at most `chunk`."""
     out = []
     for start in range(0, len(graphs), chunk):
         part = graphs[start:start + chunk]
-        out.append(np.asarray(_apply_jit(params, batch(part)))[: len(part)])
+        out.append(np.asarray(_apply_jit(params, batch(part, **PREDICT_FLOORS)))[: len(part)])
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
-COLORS = {"gnn": (31, 119, 180), "random": (214, 39, 40), "analytic": (44, 160, 44)}
+COLORS = {"gnn": (31, 119, 180), "random": (214, 39, 40), "analytic": (44, 160, 44), "oracle": (127, 127, 127)}
 
 
 def plot_curves(path: str | Path, panels: Sequence[tuple[str, Curves]]) -> Path:

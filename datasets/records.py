@@ -162,6 +162,17 @@ def training_frame(db: Any) -> Any:
     return frame
 
 
+def aggregate_repeats(frame: Any) -> Any:
+    """One row per (workload, target, candidate): repeated measurements (e.g. from several
+    databases) are combined by the geometric mean of their medians, a steadier label."""
+    keys = ["workload_key", "target_key", "candidate_key"]
+    log_latency = np.log(frame["median_s"].to_numpy(np.float64))
+    mean_log = frame.assign(_log=log_latency).groupby(keys, sort=False)["_log"].transform("mean")
+    out = frame.assign(median_s=np.exp(mean_log.to_numpy()), repeats_measured=frame.groupby(
+        keys, sort=False)["median_s"].transform("size"))
+    return out.drop_duplicates(keys).reset_index(drop=True)
+
+
 def task_weights(models: Sequence[str]) -> dict[str, dict[str, int]]:
     """For each model, how often each of its tasks runs per inference (workload key -> count)."""
     from autofuse.api import import_onnx

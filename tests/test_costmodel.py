@@ -1,16 +1,19 @@
 """Cost model: features, the analytic and random baselines, metrics, the GNN, training, save/load."""
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import math
+import tomllib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from autofuse.costmodel import base, gnn
+from autofuse.costmodel import gnn
 from autofuse.costmodel.base import AnalyticModel, RandomModel, Sample, default_cost_model
 from autofuse.costmodel.features import (EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, batch, featurize)
 from autofuse.costmodel.gnn import CostModelFileError, GNNConfig, GNNModel
@@ -208,8 +211,11 @@ def test_default_cost_model_falls_back_to_analytic(monkeypatch, tmp_path):
 
 
 def test_default_cost_model_is_the_shipped_gnn():
-    if not gnn.pretrained_path().is_file():
-        pytest.skip("no pretrained model in this checkout")
+    path = gnn.pretrained_path()
     assert isinstance(default_cost_model(), GNNModel)
-    assert gnn.pretrained_path().stat().st_size < 1_000_000
+    assert path.stat().st_size + path.with_suffix(".json").stat().st_size < 1_000_000
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["autofuse.costmodel"]
+    shipped = path.relative_to(path.parents[1])
+    assert all(any(fnmatch.fnmatch(str(f), p) for p in patterns) for f in (shipped, shipped.with_suffix(".json")))
 

@@ -108,7 +108,9 @@ def test_leave_one_model_out_beats_random(tmp_path):
                                   random_orders=5)
     assert [f.model for f in results] == ["m1", "m2"]
     for fold in results:
-        assert set(fold.reports) == {"gnn", "analytic", "random"}
+        assert set(fold.reports) == {"gnn", "analytic", "random", "oracle"}
+        assert fold.reports["oracle"].spearman == pytest.approx(1.0)
+        assert fold.to_reach["oracle"] <= fold.to_reach["gnn"]
         assert fold.reports["gnn"].spearman > 0.8
         assert fold.to_reach["gnn"] <= fold.to_reach["random"]
         counts, values = fold.curves["gnn"]
