@@ -288,6 +288,27 @@ def _task_report(state: TaskState, space: Space, reused: int) -> TaskReport:
                       best, len(state.measured) - reused, reused)
 
 
+# The family whose rules are per-op decisions of the search (its default set is one global choice).
+PER_OP_FAMILY = "algorithm"
+
+
+def per_op_base(raw: Model, pipeline: Sequence[str], rewritten: Model) -> Model:
+    """The model tasks are cut from: the pipeline without its per-op family, whose
+    rules the search then chooses node by node (so the task spaces keep them)."""
+    if PER_OP_FAMILY not in pipeline:
+        return rewritten
+    from autofuse.api import rule_families
+
+    families = rule_families()
+    rest = [families[f] for f in pipeline if f != PER_OP_FAMILY]
+    return rewrite(raw, rest).model if rest else raw
+
+
+def pairs_chosen(pairs: Sequence[tuple[Task, Mapping[str, str]]]) -> bool:
+    """Whether any task's chosen candidate differs from its default."""
+    return any(v not in ("default", "fuse") for _, c in pairs for v in c.values())
+
+
 def _onnxruntime_outputs(model: ModelRef, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     from autofuse.runners.onnxruntime import reference_session, run_session
 
@@ -299,7 +320,8 @@ def _blocking(executable: Executable, inputs: Mapping[str, np.ndarray]) -> Calla
 
 
 def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
-           inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray], seconds: float) -> None:
+           inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray], seconds: float,
+           base: Model | None = None) -> None:
     """Step 4: the tuned model must match onnxruntime and beat what it was built from;
     times it beside the pipeline alone, XLA's default and onnxruntime (interleaved)."""
     from autofuse.bench import relative_error
@@ -318,10 +340,10 @@ def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
     variants = {TUNED: (result.model, result.choices, result.barriers)}
     if result.choices.splits and result.choices.algorithms:
         algorithms_only = Choices(result.choices.algorithms)
-        model_only, _ = apply_choices(rewritten, algorithms_only)
+        model_only, _ = apply_choices(base or rewritten, algorithms_only)
         contenders[ALGORITHMS_ONLY] = _blocking(Executable(model_only).compile(), inputs)
         variants[ALGORITHMS_ONLY] = (model_only, algorithms_only, frozenset())
-    if result.choices.algorithms or result.choices.splits:
+    if result.choices.algorithms or result.choices.splits or (base is not None and base is not rewritten):
         contenders[PIPELINE_ONLY] = _blocking(Executable(rewritten).compile(), inputs)
         variants[PIPELINE_ONLY] = (rewritten, Choices(), frozenset())
     contenders[XLA_DEFAULT] = _blocking(Executable(raw).compile(), inputs)
@@ -383,18 +405,19 @@ def tune(
         reference = _onnxruntime_outputs(model, inputs)
         pipeline, rewritten, _ = choose_pipeline(session, raw, inputs, reference, pipelines)
         session.report("tasks", f"pipeline {_pipeline_name(pipeline)}; extracting tasks")
-        tasks = extract_tasks(rewritten)
+        base = per_op_base(raw, pipeline, rewritten)
+        tasks = extract_tasks(base)
         reused_at_start = session.reused
         states, reused = tune_tasks(session, tasks, round_size=round_size, seed=seed,
                                     reserve_s=30.0 + 4 * compare_seconds)
         spaces = {s.task.key: task_space(s.task) for s in states}
         choices = model_choices([(s.task, chosen_candidate(s, spaces[s.task.key])) for s in states])
-        tuned, barriers = apply_choices(rewritten, choices)
+        tuned, barriers = apply_choices(base, choices)
         reports = [_task_report(s, spaces[s.task.key], reused.get(s.task.key, 0)) for s in states]
         result = TuneResult(source, tuned, pipeline, choices, barriers, reports,
                             session.measurements, session.reused - reused_at_start)
         session.report("compare", "checking the tuned model against onnxruntime and timing it")
-        finish(result, raw, rewritten, model, inputs, reference, compare_seconds)
+        finish(result, raw, rewritten, model, inputs, reference, compare_seconds, base=base)
         return result
     finally:
         if owns_runner and runner is not None:
@@ -431,8 +454,9 @@ def best_known(
         timed = {name: t for name, t in timed.items() if name in by_name}
         pipeline = by_name[min(timed, key=timed.get)] if timed else tuple(usable[-1])
         rewritten = rewrite(raw, [families[f] for f in pipeline]).model if pipeline else raw
+        base = per_op_base(raw, pipeline, rewritten)
         pairs, reports, reused = [], [], 0
-        for task in extract_tasks(rewritten):
+        for task in extract_tasks(base):
             space = task_space(task)
             records = _known(database, task.key, this_target.key)
             reused += len(records)
@@ -440,7 +464,7 @@ def best_known(
             pairs.append((task, chosen_candidate(state, space)))
             reports.append(_task_report(state, space, len(records)))
         choices = model_choices(pairs)
-        tuned, barriers = apply_choices(rewritten, choices)
+        tuned, barriers = apply_choices(base, choices) if pairs_chosen(pairs) else (rewritten, frozenset())
         source = raw.source if isinstance(model, Model) else str(model)
         return TuneResult(source, tuned, pipeline, choices, barriers, reports, 0, reused)
     finally:
