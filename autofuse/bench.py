@@ -60,7 +60,8 @@ def relative_error(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray])
     return worst
 
 
-def _blocking(executable: Executable, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+def blocking(executable: Executable, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+    """One run of the executable that returns only when its outputs are ready (for timing)."""
     return lambda: [v.block_until_ready() for v in executable.run_device(inputs)]
 
 
@@ -109,7 +110,7 @@ def bench_model(
         progress(f"{name}: applying the best records of {tuned_db} and compiling")
         tuned = best_known(model, db=tuned_db)
         executables[TUNED] = Executable(tuned.model, barriers=tuned.barriers).compile()
-    contenders = {label: _blocking(exe, inputs) for label, exe in executables.items()}
+    contenders = {label: blocking(exe, inputs) for label, exe in executables.items()}
     outputs = {label: exe(inputs) for label, exe in executables.items()}
     reference = outputs[XLA]
     diffs = {}

@@ -12,8 +12,8 @@ registers its handlers as CPU FFI targets.
 
 Failures (no compiler, a compile error, a missing symbol) raise
 `NativeUnavailable` with the reason; callers catch it and use a pure-XLA
-form. `CXX` picks the compiler. (`autofuse.sparsity.native` predates this
-module and does the same for the sparse kernel alone.)
+form. `CXX` picks the compiler. (`autofuse.sparsity.native` builds the
+sparse kernel through these functions.)
 """
 from __future__ import annotations
 

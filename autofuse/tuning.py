@@ -315,16 +315,12 @@ def _onnxruntime_outputs(model: ModelRef, inputs: Mapping[str, np.ndarray]) -> l
     return run_session(reference_session(resolve(model)), inputs)
 
 
-def _blocking(executable: Executable, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
-    return lambda: [v.block_until_ready() for v in executable.run_device(inputs)]
-
-
 def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
            inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray], seconds: float,
            base: Model | None = None) -> None:
     """Step 4: the tuned model must match onnxruntime and beat what it was built from;
     times it beside the pipeline alone, XLA's default and onnxruntime (interleaved)."""
-    from autofuse.bench import relative_error
+    from autofuse.bench import blocking, relative_error
     from autofuse.runners.onnxruntime import baseline_session, run_session
     from autofuse.runners.protocol import compare
 
@@ -336,17 +332,17 @@ def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
         result.model, result.choices, result.barriers = rewritten, Choices(), frozenset()
         tuned = Executable(rewritten).compile()
         diff = relative_error(reference, tuned(inputs))
-    contenders = {TUNED: _blocking(tuned, inputs)}
+    contenders = {TUNED: blocking(tuned, inputs)}
     variants = {TUNED: (result.model, result.choices, result.barriers)}
     if result.choices.splits and result.choices.algorithms:
         algorithms_only = Choices(result.choices.algorithms)
         model_only, _ = apply_choices(base or rewritten, algorithms_only)
-        contenders[ALGORITHMS_ONLY] = _blocking(Executable(model_only).compile(), inputs)
+        contenders[ALGORITHMS_ONLY] = blocking(Executable(model_only).compile(), inputs)
         variants[ALGORITHMS_ONLY] = (model_only, algorithms_only, frozenset())
     if result.choices.algorithms or result.choices.splits or (base is not None and base is not rewritten):
-        contenders[PIPELINE_ONLY] = _blocking(Executable(rewritten).compile(), inputs)
+        contenders[PIPELINE_ONLY] = blocking(Executable(rewritten).compile(), inputs)
         variants[PIPELINE_ONLY] = (rewritten, Choices(), frozenset())
-    contenders[XLA_DEFAULT] = _blocking(Executable(raw).compile(), inputs)
+    contenders[XLA_DEFAULT] = blocking(Executable(raw).compile(), inputs)
     session = baseline_session(resolve(model))
     contenders[ORT] = lambda: run_session(session, inputs)
     timings = compare(contenders, rounds=5, warmup=2, min_repeats=3, min_seconds=seconds)
