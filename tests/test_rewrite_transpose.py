@@ -113,6 +113,15 @@ def test_transpose_of_size_one_dims_is_a_reshape():
     assert_equivalent(model, result.model)
 
 
+def test_a_conv_on_a_1x1_image_goes_nhwc_through_a_reshape():
+    # conv_to_nhwc's new Transpose has no output type until the pass ends; DenseNet-121's classifier.
+    model = tiny([node("Conv", ["x", "w"], ["y"])], {"x": [1, 8, 1, 1]}, ["y"], {"w": rng_array(4, 8, 1, 1)})
+    result = rewrite(model, LAYOUT)
+    assert result.fired["conv_to_nhwc"] == 1 and result.fired["transpose_as_reshape"] >= 1
+    assert "Transpose" not in ops(result.model)
+    assert_equivalent(model, result.model)
+
+
 @pytest.mark.parametrize("op, extra, weights", [
     ("Relu", [], {}), ("Sigmoid", [], {}), ("Clip", ["lo", "hi"], {"lo": rng_array(), "hi": rng_array() + 2}),
     ("LeakyRelu", [], {}),

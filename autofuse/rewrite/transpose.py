@@ -220,8 +220,10 @@ def _check_as_reshape(m: Match, view: View) -> str | None:
 def _as_reshape(m: Match, view: View) -> Replacement:
     t = m[0]
     shape = view.fresh(t.outputs[0] + "_shape")
+    # From the input, not the output: a Transpose made earlier in this pass has no output type yet.
+    dims = view.shape(t.inputs[0])
     return Replacement(nodes=(Node("Reshape", (t.inputs[0], shape), t.outputs),),
-                       tensors={shape: np.array(view.shape(t.outputs[0]), np.int64)})
+                       tensors={shape: np.array([dims[p] for p in _perm(t, view)], np.int64)})
 
 
 TRANSPOSE_AS_RESHAPE = _rule("transpose_as_reshape", {"Transpose"}, _check_as_reshape, _as_reshape)
