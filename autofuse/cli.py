@@ -20,6 +20,7 @@ EPILOG = """examples:
   autofuse run zoo:resnet50
   autofuse run model.onnx --inputs x.npz --output y.npz
   autofuse bench zoo:resnet50 zoo:bert_base --compare ort
+  autofuse bench zoo:resnet50 --families
   autofuse conformance
 
 models: a path to an .onnx file, or a zoo name (autofuse zoo lists them)."""
@@ -234,20 +235,31 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from autofuse.bench import bench_model
+    from autofuse.bench import bench_families, bench_model
 
+    if args.families and (args.plans or args.db):
+        raise SystemExit("autofuse: error: --families cannot be combined with --plans or --db")
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    seconds = args.seconds if args.seconds is not None else 1.0 if args.families else 5.0
     rows = []
     for name in args.models:
-        row = bench_model(name, shapes=_parse_shapes(args.shape), compare=args.compare,
-                          plans=args.plans, rewrites=_parse_rewrites(args.rewrite),
-                          seconds=args.seconds, seed=args.seed, tuned_db=args.db,
-                          progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        if args.families:
+            row = bench_families(name, shapes=_parse_shapes(args.shape), compare=args.compare,
+                                 families=_parse_rewrites(args.rewrite), seconds=seconds, seed=args.seed,
+                                 progress=progress)
+        else:
+            row = bench_model(name, shapes=_parse_shapes(args.shape), compare=args.compare,
+                              plans=args.plans, rewrites=_parse_rewrites(args.rewrite),
+                              seconds=seconds, seed=args.seed, tuned_db=args.db, progress=progress)
         rows.append(row)
         if not args.json:
-            print(format_table([row]), flush=True)
+            print((format_families_table if args.families else format_table)([row]), flush=True)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
-    elif len(rows) > 1:
+    elif len(rows) > 1 and not args.families:
         print("\nsummary")
         print(format_table(rows))
     return 0
@@ -352,6 +364,39 @@ def format_table(rows: Sequence[Any]) -> str:
     return "\n".join(lines)
 
 
+def format_families_table(rows: Sequence[Any]) -> str:
+    """`bench --families` rows: per contender its fires, static work removed, time and ratios."""
+    from autofuse.bench import ORT, XLA, fewer_fires_together
+
+    lines = [f"{'model':<20} {'contender':<24} {'fires':>6} {'GFLOPs removed':>18} {'MB removed':>18} "
+             f"{'median':>11} {'spread':>7} {'vs XLA':>7} {'vs ort':>7} {'max rel diff':>13}"]
+    for r in rows:
+        for k, name in enumerate([XLA, *r.rewrites, ORT]):
+            work = r.rewrites.get(name)
+            head = f"{r.model if k == 0 else '':<20} {name:<24}"
+            if work is not None:
+                flops = 100 * work.flops_removed / work.before.flops if work.before.flops else 0.0
+                moved = 100 * work.bytes_removed / work.before.bytes if work.before.bytes else 0.0
+                head += (f" {work.fires:>6} {work.flops_removed / 1e9:>8.3f} ({flops:6.1f}%)"
+                         f" {work.bytes_removed / 1e6:>8.1f} ({moved:6.1f}%)")
+            else:
+                head += f" {'-':>6} {'-':>18} {'-':>18}"
+            if work is not None and work.same_as:
+                lines.append(f"{head} {'same model as ' + work.same_as + ', not timed again':>49}")
+                continue
+            if name not in r.median_ms:
+                continue
+            vs_xla, vs_ort, diff = r.ratio_of(name, XLA), r.ratio_of(name), r.max_rel_diff.get(name)
+            lines.append(f"{head} {r.median_ms[name]:>8.2f} ms {r.spread_pct[name]:>6.1f}%"
+                         f" {f'{vs_xla:.2f}' if vs_xla else '-':>7} {f'{vs_ort:.2f}' if vs_ort else '-':>7}"
+                         f" {f'{diff:.1e}' if diff is not None else '-':>13}")
+        for rule, (alone, together) in fewer_fires_together(r).items():
+            lines.append(f"{'':<20} {rule} fired {alone} alone, {together} in all "
+                         "(an earlier family rewrote those nodes first)")
+        lines.append(f"{'':<20} compile {r.compile_s:.1f} s (XLA default), {r.threads} threads")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofuse",
@@ -380,9 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("models", nargs="+", help=".onnx files or zoo names")
     bench.add_argument("--compare", choices=["ort", "none"], default="ort",
                        help="baseline to run in the same process (default: ort, ORT_ENABLE_ALL)")
-    bench.add_argument("--seconds", type=float, default=5.0, help="timing budget per contender (default 5)")
+    bench.add_argument("--seconds", type=float, default=None,
+                       help="timing budget per contender (default 5, or 1 with --families)")
     bench.add_argument("--plans", action="store_true",
                        help="also time the DNNFusion plan and op by op (kernel counts included)")
+    bench.add_argument("--families", action="store_true",
+                       help="time each rewrite family alone and all together (--rewrite picks families), "
+                            "with the FLOPs and bytes each removes")
     bench.add_argument("--json", action="store_true", help="print results as JSON")
     bench.add_argument("--db", metavar="PATH", help="also time the model as tuned by this database's best records")
     add_model_options(bench)

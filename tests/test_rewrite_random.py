@@ -4,7 +4,10 @@ Each case draws, from a seed, a random subset of the rule families in a random
 order, plus random per-op alternatives (the algorithm choices the tuner makes
 node by node), rewrites the model, compiles it and compares its outputs with
 onnxruntime's. ResNet-50 and BERT-base run by default; the other zoo models
-are `slow`. A failure prints the sequence, so it can be replayed.
+are `slow`. Every case prints its sequence before rewriting, so a failure (or
+a crash inside a rule) can be replayed. AUTOFUSE_REWRITE_SEQUENCES sets the
+number of cases per model (default 2; the seeds stay the same, so a larger
+number extends the default cases).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from autofuse.runners.onnxruntime import reference_session, run_session
 from autofuse.search.space import choice_rules
 
 DEFAULT = {"zoo:resnet50", "zoo:bert_base"}
-SEQUENCES = 2
+SEQUENCES = int(os.environ.get("AUTOFUSE_REWRITE_SEQUENCES", "2"))
 # Winograd and reassociation change the rounding: max |diff| <= RTOL * max |reference|.
 RTOL = 2e-3
 
@@ -54,15 +57,22 @@ def test_random_rewrite_sequences_match_onnxruntime(name: str, capsys: pytest.Ca
     for case in range(SEQUENCES):
         order, rate = random_sequence(rng)
         pick = random.Random(rng.random())
+        described = f"{name} case {case}: families {order}, per-op rate {rate}"
+        with capsys.disabled():
+            print(f"\n{described}", flush=True)
         result = rewrite(model, [families[f] for f in order])
         alternatives = RuleSet("choices", tuple(choices.values()))
         per_op = rewrite(result.model, alternatives, where=lambda rule, match: pick.random() < rate)
         fired = {**result.fired, **{f"choice:{k}": v for k, v in per_op.fired.items()}}
-        ours = compile_model(per_op.model)(inputs)
-        described = f"{name} case {case}: families {order}, per-op rate {rate}, fired {fired}"
         with capsys.disabled():
-            print(f"\n{described}")
-        for index, (got, want) in enumerate(zip(ours, reference)):
+            print(f"  fired {fired}")
+        ours = compile_model(per_op.model)(inputs)
+        errors = []
+        for got, want in zip(ours, reference):
             error = float(np.max(np.abs(np.asarray(got, np.float64) - want)))
-            scale = float(np.max(np.abs(want))) or 1.0
-            assert error <= RTOL * scale, f"{described}: output {index} max |diff| {error:.3e} > {RTOL} x {scale:.3e}"
+            errors.append((error, float(np.max(np.abs(want))) or 1.0))
+        with capsys.disabled():
+            print(f"  max |diff| / max |reference|: {max(e / s for e, s in errors):.1e}")
+        for index, (error, scale) in enumerate(errors):
+            assert error <= RTOL * scale, (f"{described}, fired {fired}: output {index} max |diff| {error:.3e} "
+                                           f"> {RTOL} x {scale:.3e}")
