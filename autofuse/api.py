@@ -57,10 +57,12 @@ def rule_families() -> dict[str, "RuleSet"]:
     from autofuse.rewrite.algebraic import ALGEBRAIC
     from autofuse.rewrite.algorithm import ALGORITHM
     from autofuse.rewrite.blas import BLAS
+    from autofuse.rewrite.packed import PACKED
     from autofuse.rewrite.folding import FOLDING
     from autofuse.rewrite.layout import LAYOUT
 
-    return {"folding": FOLDING, "algebraic": ALGEBRAIC, "layout": LAYOUT, "algorithm": ALGORITHM, "blas": BLAS}
+    return {"folding": FOLDING, "algebraic": ALGEBRAIC, "layout": LAYOUT, "algorithm": ALGORITHM, "blas": BLAS,
+            "packed": PACKED}
 
 
 def rewrite_model(model: Model, families: Sequence[str]) -> "RewriteResult":

@@ -121,6 +121,10 @@ def _register_native_kernels(blob: bytes) -> None:
         from autofuse.blas import kernel_target
 
         kernel_target()
+    if b"autofuse_gemm" in blob or b"autofuse_conv_nhwc" in blob:
+        from autofuse.gemm import kernel_targets
+
+        kernel_targets()
     if b"autofuse_sparse_matmul" in blob:
         from autofuse.sparsity.native import kernel_target
 

@@ -33,10 +33,20 @@ def choice_rules() -> dict[str, Rule]:
     """Every per-op lowering alternative the search may choose, by rule name."""
     from autofuse.rewrite.algorithm import ALTERNATIVES, RULES
     from autofuse.rewrite.blas import BLAS_ALTERNATIVES, BLAS_RULES
+    from autofuse.rewrite.packed import PACKED_ALTERNATIVES, PACKED_RULES
 
     rules = {name: RULES[name] for names in ALTERNATIVES.values() for name in names}
     rules.update({name: BLAS_RULES[name] for names in BLAS_ALTERNATIVES.values() for name in names})
+    rules.update({name: PACKED_RULES[name] for names in PACKED_ALTERNATIVES.values() for name in names})
     return rules
+
+
+def epilogues() -> RuleSet:
+    """The folds of a bias, residual or ReLU into a product a choice made native (BLAS, packed GEMM)."""
+    from autofuse.rewrite.blas import BLAS_EPILOGUE
+    from autofuse.rewrite.packed import PACKED_EPILOGUE
+
+    return RuleSet("epilogues", BLAS_EPILOGUE.rules + PACKED_EPILOGUE.rules)
 
 
 @dataclass(frozen=True)
@@ -142,5 +152,6 @@ def apply_choices(model: Model, choices: Choices, rules: Mapping[str, Rule] | No
             return choices.algorithms.get(match[-1].outputs[0]) == rule.name
 
         model = rewrite(model, chosen, where=where).model
+        model = rewrite(model, epilogues()).model
     produced = {o for n in model.graph.nodes for o in n.outputs}
     return model, frozenset(v for v in choices.splits if v in produced)

@@ -8,6 +8,7 @@ from autofuse.ops import (  # noqa: F401  (imported for their registrations)
     image,
     internal,
     nn,
+    packed,
     quantization,
     recurrent,
     reduction,

@@ -1,0 +1,154 @@
+"""autofuse's own GEMM: products and NHWC convolutions with a pre-packed weight, as FFI kernels.
+
+The kernel (`kernels/gemm.cc`) multiplies by a weight packed once, when the
+model is rewritten (`pack_weight`): 32-column panels, each K rows of 32
+contiguous floats. A convolution gathers its patch rows while packing
+(implicit im2col), so no patch matrix is ever written. Bias, a residual
+addition and ReLU are applied as each output tile is stored.
+
+`gemm` and `conv_nhwc` are traceable. On CPU, for float32, they call the
+kernel when it builds here (`kernel_targets()`); elsewhere, or when it does
+not (no compiler), they are the same computation in XLA ops, so a model using
+them runs everywhere. `AUTOFUSE_GEMM_KERNEL=xla` forces the XLA form.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autofuse import native
+from autofuse.errors import AutofuseError
+
+PANEL = 32
+SOURCE = "gemm.cc"
+GEMM_TARGET = "autofuse_gemm"
+CONV_TARGET = "autofuse_conv_nhwc"
+HANDLERS = {GEMM_TARGET: "AutofuseGemm", CONV_TARGET: "AutofuseConvNHWC"}
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """(K, N) weight -> (ceil(N/32), K, 32) panels, zero-padded past N, float32."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2:
+        raise AutofuseError(f"pack_weight: a 2-D (K, N) weight is needed, got shape {list(w.shape)}")
+    k, n = w.shape
+    panels = -(-n // PANEL)
+    padded = np.zeros((k, panels * PANEL), np.float32)
+    padded[:, :n] = w
+    return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2))
+
+
+def unpack_weight(wp: jax.Array, n: int) -> jax.Array:
+    """The (K, N) weight of packed panels (the inverse of `pack_weight`, traceable)."""
+    panels, k, _ = wp.shape
+    return jnp.transpose(wp, (1, 0, 2)).reshape(k, panels * PANEL)[:, :n]
+
+
+@functools.lru_cache(maxsize=None)
+def _binding() -> tuple[bool, str | None]:
+    try:
+        native.register(native.load(SOURCE), HANDLERS)
+        return True, None
+    except native.NativeUnavailable as error:
+        return False, str(error)
+
+
+def kernel_targets() -> tuple[str, str] | None:
+    """(gemm, conv) FFI targets, building and registering the kernel on first use; None when unavailable."""
+    if os.environ.get("AUTOFUSE_GEMM_KERNEL", "auto") == "xla":
+        return None
+    return (GEMM_TARGET, CONV_TARGET) if _binding()[0] else None
+
+
+def unavailable_reason() -> str | None:
+    """Why `kernel_targets()` is None (None when the kernel is available)."""
+    if os.environ.get("AUTOFUSE_GEMM_KERNEL", "auto") == "xla":
+        return "AUTOFUSE_GEMM_KERNEL=xla"
+    return _binding()[1]
+
+
+def _epilogue(y: jax.Array, bias: jax.Array, residual: jax.Array | None, relu: bool) -> jax.Array:
+    y = y + bias
+    if residual is not None:
+        y = y + residual
+    return jnp.maximum(y, 0) if relu else y
+
+
+def _use_kernel(*operands: jax.Array | None) -> bool:
+    return all(v is None or v.dtype == jnp.float32 for v in operands) and kernel_targets() is not None
+
+
+def gemm(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, residual: jax.Array | None = None,
+         relu: bool = False) -> jax.Array:
+    """x (..., K) @ W (K, n) + bias (n,) [+ residual (..., n)] [then ReLU], W packed by `pack_weight`."""
+    if wp.ndim != 3 or wp.shape[1] != x.shape[-1] or wp.shape[0] != -(-n // PANEL):
+        raise AutofuseError(f"gemm: x {tuple(x.shape)} does not multiply the packed weight {tuple(wp.shape)} (N={n})")
+    lead = x.shape[:-1]
+    x2 = x.reshape((-1, x.shape[-1]))
+    bias = bias.reshape((n,))
+    r2 = None if residual is None else jnp.broadcast_to(residual, lead + (n,)).reshape((-1, n))
+
+    def xla(x2, wp, bias, *r):
+        return _epilogue(jnp.matmul(x2, unpack_weight(wp, n)), bias, r[0] if r else None, relu)
+
+    operands = (x2, wp, bias) + ((r2,) if r2 is not None else ())
+    if not _use_kernel(*operands):
+        return xla(*operands).reshape(lead + (n,))
+
+    def kernel(*args):
+        out = jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32)
+        return jax.ffi.ffi_call(GEMM_TARGET, out)(*args, relu=bool(relu))
+
+    y = jax.lax.platform_dependent(*operands, cpu=kernel, default=xla)
+    return y.reshape(lead + (n,))
+
+
+def conv_output_shape(x_shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                      pads: Sequence[int], dilations: Sequence[int], n: int) -> tuple[int, int, int, int]:
+    """(B, OH, OW, N) of an NHWC convolution; pads are (top, left, bottom, right)."""
+    b, h, w, _ = x_shape
+    oh = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    ow = (w + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    return int(b), int(oh), int(ow), int(n)
+
+
+def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: Sequence[int],
+              strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
+              dilations: Sequence[int] = (1, 1), residual: jax.Array | None = None,
+              relu: bool = False) -> jax.Array:
+    """NHWC convolution (group 1) of x (B, H, W, C) by a (kh, kw, C, n) kernel packed as (kh*kw*C, n)."""
+    kh, kw = (int(v) for v in kernel)
+    c = x.shape[-1]
+    if x.ndim != 4 or wp.ndim != 3 or wp.shape[1] != kh * kw * c or wp.shape[0] != -(-n // PANEL):
+        raise AutofuseError(f"conv_nhwc: x {tuple(x.shape)} does not match the packed {kh}x{kw} kernel "
+                            f"{tuple(wp.shape)} (N={n})")
+    shape = conv_output_shape(x.shape, (kh, kw), strides, pads, dilations, n)
+    if min(shape) <= 0:
+        raise AutofuseError(f"conv_nhwc: the window does not fit the input {tuple(x.shape)}")
+    bias = bias.reshape((n,))
+    r = None if residual is None else jnp.broadcast_to(residual, shape)
+
+    def xla(x, wp, bias, *rest):
+        w = unpack_weight(wp, n).reshape(kh, kw, c, n)
+        y = jax.lax.conv_general_dilated(
+            x, w, tuple(int(s) for s in strides), ((int(pads[0]), int(pads[2])), (int(pads[1]), int(pads[3]))),
+            rhs_dilation=tuple(int(d) for d in dilations), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return _epilogue(y, bias, rest[0] if rest else None, relu)
+
+    operands = (x, wp, bias) + ((r,) if r is not None else ())
+    if not _use_kernel(*operands):
+        return xla(*operands)
+
+    def call(*args):
+        out = jax.ShapeDtypeStruct(shape, jnp.float32)
+        return jax.ffi.ffi_call(CONV_TARGET, out)(
+            *args, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(strides[0]), sw=np.int64(strides[1]),
+            ph=np.int64(pads[0]), pw=np.int64(pads[1]), dh=np.int64(dilations[0]), dw=np.int64(dilations[1]),
+            relu=bool(relu))
+
+    return jax.lax.platform_dependent(*operands, cpu=call, default=xla)

@@ -1,0 +1,371 @@
+// Matrix products and NHWC convolutions with a pre-packed constant weight, as XLA FFI
+// custom calls (CPU): autofuse's own GEMM, with bias, residual add and ReLU fused.
+//
+//   AutofuseGemm      x f32 [M, K], w f32 [P, K, 32], bias f32 [N], residual? f32 [M, N] -> y f32 [M, N]
+//   AutofuseConvNHWC  x f32 [B, H, W, C], w f32 [P, KH*KW*C, 32], bias f32 [N],
+//                     residual? f32 [B, OH, OW, N] -> y f32 [B, OH, OW, N]
+//                     attributes: kh, kw, sh, sw, ph, pw, dh, dw (top/left padding; the
+//                     output shape fixes the rest)
+//   both              attribute relu: y = max(y, 0) after the bias and the residual
+//
+// The weight is packed once, when the model is rewritten: P = ceil(N / 32) panels of
+// 32 output columns, each K rows of 32 contiguous floats, zero-padded past N. A
+// convolution is a GEMM whose rows are output pixels and whose reduction runs over
+// (kh, kw, c): its rows of "A" are gathered from the input while packing (implicit
+// im2col), so the patch matrix is never written to memory.
+//
+// Blocking (Goto/BLIS): for every block of NC columns and KC reductions, 12 rows of A
+// are copied into a [12][KC] buffer (it stays in L1; a compile-time row stride lets
+// the twelve broadcasts address it from one pointer) and multiplied with each 32-column panel of
+// the block (KC x NC floats, kept in L2) by a 12x32 register tile: 24 zmm
+// accumulators, two weight loads and twelve broadcasts per step of k. The product is
+// cut into parts along M (multiples of 12 rows) or N (multiples of 32 columns),
+// whichever re-reads less, and the parts are handed out from an atomic counter to
+// XLA's intra-op threads and the calling thread, so a thread the OS takes away delays
+// one part, not half the product. CPUs without AVX-512 run the same blocking with
+// plain C++ loops (correct, not fast).
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kMR = 12;   // rows per register tile
+constexpr int64_t kNR = 32;   // columns per panel (two zmm)
+constexpr int64_t kKC = 256;  // reduction block
+constexpr int64_t kNC = 1024;  // column block (a multiple of kNR)
+constexpr int64_t kMinParallelMacs = 1 << 17;
+constexpr int64_t kPartsPerThread = 4;
+
+// Where the tile's rows come from and where they go.
+struct Epilogue {
+  const float* bias;      // [N]
+  const float* residual;  // [M, N] or nullptr
+  bool relu;
+};
+
+// C[rows, cols] (+)= Ap[kc][12] @ Bp[kc][32]; rows <= 12, cols <= 32.
+// first: start from the bias (else from C); last: add the residual and apply ReLU.
+void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, int64_t rows, int64_t cols,
+          bool first, bool last, const float* bias, const float* residual, bool relu) {
+#if defined(__AVX512F__)
+  const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1);
+  __m512 acc0[kMR], acc1[kMR];
+  if (first) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) acc0[r] = b0, acc1[r] = b1;
+  } else {
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+      const float* row = c + (r < rows ? r : 0) * ldc;
+      acc0[r] = _mm512_maskz_loadu_ps(m0, row);
+      acc1[r] = _mm512_maskz_loadu_ps(m1, row + 16);
+    }
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 w0 = _mm512_loadu_ps(bp + k * kNR), w1 = _mm512_loadu_ps(bp + k * kNR + 16);
+    const float* a = ap + k;
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * kKC]);
+      acc0[r] = _mm512_fmadd_ps(x, w0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(x, w1, acc1[r]);
+    }
+  }
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    if (r >= rows) break;
+    __m512 y0 = acc0[r], y1 = acc1[r];
+    if (last && residual != nullptr) {
+      y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, residual + r * ldc));
+      y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, residual + r * ldc + 16));
+    }
+    if (last && relu) y0 = _mm512_max_ps(y0, zero), y1 = _mm512_max_ps(y1, zero);
+    _mm512_mask_storeu_ps(c + r * ldc, m0, y0);
+    _mm512_mask_storeu_ps(c + r * ldc + 16, m1, y1);
+  }
+#else
+  for (int64_t r = 0; r < rows; ++r) {
+    float acc[kNR];
+    for (int64_t j = 0; j < kNR; ++j) acc[j] = j < cols ? (first ? bias[j] : c[r * ldc + j]) : 0.0f;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float x = ap[r * kKC + k];
+      for (int64_t j = 0; j < kNR; ++j) acc[j] += x * bp[k * kNR + j];
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      float y = acc[j];
+      if (last && residual != nullptr) y += residual[r * ldc + j];
+      if (last && relu) y = std::max(y, 0.0f);
+      c[r * ldc + j] = y;
+    }
+  }
+#endif
+}
+
+// dst[0:n] = src[0:n] (or 0 when src is null), inline: packing copies many short runs.
+inline void CopyRun(float* dst, const float* src, int64_t n) {
+#if defined(__AVX512F__)
+  for (; n >= 16; n -= 16, dst += 16, src += src ? 16 : 0) {
+    _mm512_storeu_ps(dst, src ? _mm512_loadu_ps(src) : _mm512_setzero_ps());
+  }
+  if (n > 0) {
+    const __mmask16 mask = __mmask16((1u << n) - 1);
+    _mm512_mask_storeu_ps(dst, mask, src ? _mm512_maskz_loadu_ps(mask, src) : _mm512_setzero_ps());
+  }
+#else
+  if (src) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    std::fill(dst, dst + n, 0.0f);
+  }
+#endif
+}
+
+// Rows of A from a row-major matrix.
+struct MatrixRows {
+  const float* a;
+  int64_t k;
+
+  // ap[r][kk] = A[m0 + r, k0 + kk] for r < rows, 0 past them.
+  void Pack(float* ap, int64_t m0, int64_t rows, int64_t k0, int64_t kc) const {
+    for (int64_t r = 0; r < kMR; ++r) {
+      CopyRun(ap + r * kKC, r < rows ? a + (m0 + r) * k + k0 : nullptr, kc);
+    }
+  }
+};
+
+// Rows of the (never materialised) patch matrix of an NHWC convolution: row = output
+// pixel (b, oh, ow), column = (i, j, c) of the kernel window.
+struct PatchRows {
+  const float* x;
+  int64_t h, w, c, oh, ow, kw, sh, sw, ph, pw, dh, dw;
+
+  void Pack(float* ap, int64_t m0, int64_t rows, int64_t k0, int64_t kc) const {
+    // Positions advance incrementally: no division per run, only per call.
+    int64_t b = m0 / (oh * ow), oy = (m0 / ow) % oh, ox = m0 % ow;
+    const int64_t ch0 = k0 % c, i0 = (k0 / c) / kw, j0 = (k0 / c) % kw;
+    for (int64_t r = 0; r < kMR; ++r) {
+      float* row = ap + r * kKC;
+      if (r >= rows) {
+        CopyRun(row, nullptr, kc);
+        continue;
+      }
+      const int64_t y0 = oy * sh - ph, x0 = ox * sw - pw;
+      // Undilated, a window row is contiguous in x from its left edge (or 0) to its right edge (or w).
+      const int64_t j_end = std::min(kw, w - x0);
+      const float* image = x + b * h * w * c;
+      for (int64_t kk = 0, i = i0, j = j0, ch = ch0; kk < kc;) {
+        const int64_t iy = y0 + i * dh, ix = x0 + j * dw;
+        int64_t run;
+        if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
+          run = std::min(c - ch, kc - kk);
+          CopyRun(row + kk, nullptr, run);
+        } else {
+          run = std::min(dw == 1 ? (j_end - j) * c - ch : c - ch, kc - kk);
+          CopyRun(row + kk, image + (iy * w + ix) * c + ch, run);
+        }
+        kk += run;
+        for (ch += run; ch >= c; ch -= c) {
+          if (++j == kw) j = 0, ++i;
+        }
+      }
+      if (++ox == ow) {
+        ox = 0;
+        if (++oy == oh) oy = 0, ++b;
+      }
+    }
+  }
+};
+
+struct Part {
+  int64_t m0, m1, n0, n1;
+};
+
+template <typename Rows>
+struct Problem {
+  Rows rows;
+  const float* wp;  // [P, K, 32]
+  Epilogue epilogue;
+  float* c;
+  int64_t m, k, n;
+
+  void Run(const Part& part) const {
+    thread_local std::vector<float, std::allocator<float>> buffer;
+    if (buffer.size() < static_cast<size_t>(kKC * kMR + 16)) buffer.resize(kKC * kMR + 16);
+    float* ap = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+    for (int64_t jc = part.n0; jc < part.n1; jc += kNC) {
+      const int64_t jend = std::min(part.n1, jc + kNC);
+      for (int64_t pc = 0; pc < k || pc == 0; pc += kKC) {
+        const int64_t kc = std::min(kKC, k - pc);
+        const bool first = pc == 0, last = pc + kKC >= k;
+        for (int64_t ic = part.m0; ic < part.m1; ic += kMR) {
+          const int64_t count = std::min(kMR, part.m1 - ic);
+          rows.Pack(ap, ic, count, pc, kc);
+          for (int64_t jr = jc; jr < jend; jr += kNR) {
+            const float* bp = wp + (jr / kNR) * k * kNR + pc * kNR;
+            const float* residual = epilogue.residual ? epilogue.residual + ic * n + jr : nullptr;
+            Tile(ap, bp, kc, c + ic * n + jr, n, count, std::min(kNR, n - jr), first, last, epilogue.bias + jr,
+                 residual, epilogue.relu);
+          }
+        }
+        if (k == 0) break;
+      }
+    }
+  }
+};
+
+// Part `index` of `parts`: M cut in multiples of 12 rows, or N in multiples of 32 columns,
+// whichever makes the parts re-read less (splitting M re-reads the weight, N re-reads A).
+template <typename P>
+Part Piece(const P& p, bool by_rows, int64_t index, int64_t parts) {
+  if (by_rows) {
+    const int64_t blocks = (p.m + kMR - 1) / kMR;
+    return {std::min(p.m, kMR * (blocks * index / parts)), std::min(p.m, kMR * (blocks * (index + 1) / parts)), 0,
+            p.n};
+  }
+  const int64_t panels = (p.n + kNR - 1) / kNR;
+  return {0, p.m, std::min(p.n, kNR * (panels * index / parts)), std::min(p.n, kNR * (panels * (index + 1) / parts))};
+}
+
+template <typename P>
+struct Work {
+  P p;
+  bool by_rows;
+  int64_t parts;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void Drain() {
+    for (int64_t i = next.fetch_add(1); i < parts; i = next.fetch_add(1)) {
+      p.Run(Piece(p, by_rows, i, parts));
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+template <typename P>
+void Execute(ffi::ThreadPool& pool, const P& problem) {
+  const bool by_rows = problem.m >= problem.n;
+  const int64_t blocks = by_rows ? (problem.m + kMR - 1) / kMR : (problem.n + kNR - 1) / kNR;
+  const int64_t workers = pool.num_threads();
+  const int64_t parts = workers > 1 && problem.m * problem.n * problem.k >= kMinParallelMacs
+                            ? std::max<int64_t>(1, std::min(kPartsPerThread * workers, blocks))
+                            : 1;
+  if (parts <= 1) {
+    problem.Run({0, problem.m, 0, problem.n});
+    return;
+  }
+  auto work = std::make_shared<Work<P>>();
+  work->p = problem;
+  work->by_rows = by_rows;
+  work->parts = parts;
+  for (int64_t t = 1; t < std::min(workers, parts); ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+}
+
+ffi::Error CheckWeight(ffi::Buffer<ffi::F32>& w, ffi::Buffer<ffi::F32>& bias, int64_t k, int64_t n, const char* op) {
+  const auto wd = w.dimensions();
+  if (wd.size() != 3 || wd[2] != kNR || wd[1] != k || wd[0] != (n + kNR - 1) / kNR) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": the packed weight must be [ceil(N/32), K, 32]");
+  }
+  if (bias.element_count() != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": the bias must hold N elements");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+                    std::optional<ffi::Buffer<ffi::F32>> residual, ffi::ResultBuffer<ffi::F32> y, bool relu) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0]) {
+    return ffi::Error::InvalidArgument("AutofuseGemm: x must be [M, K] and y [M, N]");
+  }
+  const int64_t m = xd[0], k = xd[1], n = yd[1];
+  if (auto error = CheckWeight(w, bias, k, n, "AutofuseGemm"); error.failure()) return error;
+  if (residual.has_value() && residual->element_count() != static_cast<size_t>(m * n)) {
+    return ffi::Error::InvalidArgument("AutofuseGemm: the residual must be [M, N]");
+  }
+  Problem<MatrixRows> problem{{x.typed_data(), k},
+                              w.typed_data(),
+                              {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, relu},
+                              y->typed_data(),
+                              m,
+                              k,
+                              n};
+  Execute(pool, problem);
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+                    std::optional<ffi::Buffer<ffi::F32>> residual, ffi::ResultBuffer<ffi::F32> y, int64_t kh,
+                    int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, bool relu) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0]) {
+    return ffi::Error::InvalidArgument("AutofuseConvNHWC: x must be [B, H, W, C] and y [B, OH, OW, N]");
+  }
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0) {
+    return ffi::Error::InvalidArgument("AutofuseConvNHWC: bad window attributes");
+  }
+  const int64_t m = yd[0] * yd[1] * yd[2], k = kh * kw * xd[3], n = yd[3];
+  if (auto error = CheckWeight(w, bias, k, n, "AutofuseConvNHWC"); error.failure()) return error;
+  if (residual.has_value() && residual->element_count() != static_cast<size_t>(m * n)) {
+    return ffi::Error::InvalidArgument("AutofuseConvNHWC: the residual must be shaped like y");
+  }
+  Problem<PatchRows> problem{{x.typed_data(), xd[1], xd[2], xd[3], yd[1], yd[2], kw, sh, sw, ph, pw, dh, dw},
+                             w.typed_data(),
+                             {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, relu},
+                             y->typed_data(),
+                             m,
+                             k,
+                             n};
+  Execute(pool, problem);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseGemm, GemmImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .OptionalArg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseConvNHWC, ConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .OptionalArg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<bool>("relu"));

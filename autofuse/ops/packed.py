@@ -1,0 +1,48 @@
+"""autofuse-internal ops (domain "autofuse") run by autofuse's own GEMM kernel (`autofuse.gemm`).
+
+Only the rules of `autofuse.rewrite.packed` put them into a model; their weight
+is packed there, once (`autofuse.gemm.pack_weight`):
+
+* `PackedMatMul(x, wp, bias, residual?)`: x (..., K) @ W (K, n) + bias (n,)
+  [+ residual (..., n)], then ReLU when `relu` is 1; attribute `n`.
+* `PackedConvNHWC(x, wp, bias, residual?)`: a group-1 NHWC convolution by a
+  (kh, kw, C, n) kernel; attributes `n`, `kernel_shape`, `strides`, `dilations`,
+  `pads` (top, left, bottom, right) and `relu`, with the same epilogue.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from autofuse.ops.registry import MANY_TO_MANY, Ctx, op
+
+DOMAIN = "autofuse"
+
+
+def _flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:
+    """2 * output elements * reduction length (K of the packed weight)."""
+    w, y = (inputs[1] if len(inputs) > 1 else None), (outputs[0] if outputs else None)
+    if w is None or y is None or not w.is_static or not y.is_static:
+        return 0.0
+    return 2.0 * math.prod(y.shape) * int(w.shape[1])
+
+
+def _ints(value: Any, default: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if value else tuple(default)
+
+
+@op("PackedMatMul", mapping=MANY_TO_MANY, domain=DOMAIN, flops=_flops)
+def packed_matmul(ctx: Ctx, x, wp, bias, residual=None):
+    from autofuse.gemm import gemm
+
+    return gemm(x, wp, bias, int(ctx.attr("n")), residual=residual, relu=bool(ctx.attr("relu", 0)))
+
+
+@op("PackedConvNHWC", mapping=MANY_TO_MANY, domain=DOMAIN, flops=_flops)
+def packed_conv_nhwc(ctx: Ctx, x, wp, bias, residual=None):
+    from autofuse.gemm import conv_nhwc
+
+    return conv_nhwc(x, wp, bias, int(ctx.attr("n")), kernel=_ints(ctx.attr("kernel_shape"), ()),
+                     strides=_ints(ctx.attr("strides"), (1, 1)), pads=_ints(ctx.attr("pads"), (0, 0, 0, 0)),
+                     dilations=_ints(ctx.attr("dilations"), (1, 1)), residual=residual,
+                     relu=bool(ctx.attr("relu", 0)))

@@ -1,0 +1,260 @@
+"""Packed-GEMM rules: products and convolutions with a constant float32 weight run by autofuse's own kernel.
+
+Algorithm choices, one per op (the weight is packed here, once, by
+`autofuse.gemm.pack_weight`; the node's root is the matched node):
+
+* `matmul_packed`: MatMul(x, W[K, N]) -> PackedMatMul(x, Wp, 0).
+* `gemm_packed`: Gemm(A, B, C?) with a constant B -> PackedMatMul(A, pack(alpha * op(B)), beta * C);
+  C must be a constant per-column bias.
+* `conv_packed`: ConvNHWC (group 1, constant HWIO kernel, explicit pads) ->
+  PackedConvNHWC: the patch rows are gathered while packing, never written.
+
+Epilogues folded into a packed op that feeds them alone (`PACKED_EPILOGUE`):
+
+* `packed_bias`: Add(P, b) with a constant per-column b -> P with b added to its bias.
+* `packed_residual`: Add(P, r) with a computed r of P's shape -> P adding r as it stores.
+* `packed_relu`: Relu(P) -> P with relu=1.
+
+`PACKED` is the whole-model family (`--rewrite ...,packed`); `PACKED_RULES` and
+`PACKED_ALTERNATIVES` are the per-op choices for the tuner.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from autofuse.gemm import pack_weight
+from autofuse.ir import Node
+from autofuse.ops.packed import DOMAIN
+from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
+from autofuse.rewrite.transpose import constant_conv_decline
+
+FAMILY = "packed"
+OPS = frozenset({"PackedMatMul", "PackedConvNHWC"})
+
+
+def _root(node: Node, view: View) -> Match | None:
+    return (node,)
+
+
+def _attrs(**values) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(values.items()))
+
+
+def _float32_decline(view: View, value: str, what: str) -> str | None:
+    t = view.type(value)
+    if t is None:
+        return f"{what}'s shape is unknown"
+    return None if t.dtype == "float32" else f"{what} is {t.dtype}, not float32"
+
+
+def _weight_decline(view: View, value: str, what: str = "B") -> str | None:
+    w = view.tensor(value)
+    if w is None:
+        return f"{what} is not constant"
+    if w.ndim != 2:
+        return f"{what} is {w.ndim}-D, not a 2-D weight"
+    return None if w.dtype == np.float32 else f"{what} is {w.dtype}, not float32"
+
+
+def _column_bias(view: View, value: str, columns: int, rank: int) -> np.ndarray | str:
+    """A constant that broadcasts as one value per output column, as (columns,) float32; else why not."""
+    b = view.tensor(value)
+    if b is None:
+        return "the bias is not constant"
+    b = np.asarray(b)
+    if b.ndim > rank or b.size != columns or (b.ndim and b.shape[-1] != columns):
+        return f"the bias of shape {list(b.shape)} is not one value per output column ({columns})"
+    return b.reshape(columns).astype(np.float32)
+
+
+def _packed(op_type: str, x: str, w: np.ndarray, bias: np.ndarray, outputs: tuple[str, ...], name: str,
+            view: View, **attrs) -> Replacement:
+    """A packed op computing x by the (K, N) weight `w` plus `bias`, with fresh weight names."""
+    wp, b = view.fresh(f"{name or 'packed'}_wp"), view.fresh(f"{name or 'packed'}_bias")
+    node = Node(op_type, (x, wp, b), outputs, _attrs(n=int(w.shape[1]), relu=0, **attrs), DOMAIN, name)
+    return Replacement(nodes=(node,), tensors={wp: pack_weight(w), b: np.asarray(bias, np.float32)})
+
+
+# ---------------------------------------------------------------- MatMul and Gemm
+
+def _check_matmul(m: Match, view: View) -> str | None:
+    node = m[0]
+    return _weight_decline(view, node.inputs[1]) or _float32_decline(view, node.inputs[0], "A")
+
+
+def _matmul(m: Match, view: View) -> Replacement:
+    node = m[0]
+    w = view.tensor(node.inputs[1])
+    return _packed("PackedMatMul", node.inputs[0], w, np.zeros(w.shape[1], np.float32), node.outputs, node.name,
+                   view)
+
+
+def _check_gemm(m: Match, view: View) -> str | None:
+    node = m[0]
+    if node.attr("transA", 0):
+        return "transA=1: A would need a transpose at run time"
+    reason = _weight_decline(view, node.inputs[1]) or _float32_decline(view, node.inputs[0], "A")
+    if reason or len(node.inputs) < 3 or not node.inputs[2]:
+        return reason
+    columns = view.tensor(node.inputs[1]).shape[0 if node.attr("transB", 0) else 1]
+    bias = _column_bias(view, node.inputs[2], columns, 2)
+    return bias if isinstance(bias, str) else None
+
+
+def _gemm(m: Match, view: View) -> Replacement:
+    node = m[0]
+    w = view.tensor(node.inputs[1]).astype(np.float64)
+    w = (w.T if node.attr("transB", 0) else w) * float(node.attr("alpha", 1.0))
+    bias = np.zeros(w.shape[1], np.float64)
+    if len(node.inputs) > 2 and node.inputs[2]:
+        bias = _column_bias(view, node.inputs[2], w.shape[1], 2) * float(node.attr("beta", 1.0))
+    return _packed("PackedMatMul", node.inputs[0], w.astype(np.float32), bias, node.outputs, node.name, view)
+
+
+# ---------------------------------------------------------------- ConvNHWC
+
+def _check_conv(m: Match, view: View) -> str | None:
+    conv = m[0]
+    if conv.domain != DOMAIN:
+        return "not the autofuse ConvNHWC"
+    reason = constant_conv_decline(conv, view)
+    if reason:
+        return reason
+    if len(view.shape(conv.inputs[0])) != 4:
+        return f"{len(view.shape(conv.inputs[0])) - 2}-D convolution, not 2-D"
+    if conv.attr("group", 1) != 1:
+        return "grouped convolution"
+    if conv.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return f"auto_pad={conv.attr('auto_pad')}: the pads are not explicit"
+    return _float32_decline(view, conv.inputs[0], "the input") or (
+        None if view.tensor(conv.inputs[1]).dtype == np.float32 else "the weights are not float32")
+
+
+def _conv(m: Match, view: View) -> Replacement:
+    conv = m[0]
+    w = view.tensor(conv.inputs[1])
+    kh, kw, c, n = w.shape
+    bias = np.zeros(n, np.float32)
+    if len(conv.inputs) > 2 and conv.inputs[2]:
+        bias = np.asarray(view.tensor(conv.inputs[2]), np.float32).reshape(n)
+    pads = tuple(int(p) for p in conv.attr("pads", ()) or ()) or (0, 0, 0, 0)
+    if conv.attr("auto_pad", "NOTSET") == "VALID":
+        pads = (0, 0, 0, 0)
+    return _packed("PackedConvNHWC", conv.inputs[0], w.reshape(kh * kw * c, n), bias, conv.outputs, conv.name,
+                   view, kernel_shape=(int(kh), int(kw)),
+                   strides=tuple(int(s) for s in conv.attr("strides", ()) or (1, 1)),
+                   dilations=tuple(int(d) for d in conv.attr("dilations", ()) or (1, 1)), pads=pads)
+
+
+MATMUL_PACKED = Rule("matmul_packed", FAMILY, frozenset({"MatMul"}), _root, _check_matmul, _matmul)
+GEMM_PACKED = Rule("gemm_packed", FAMILY, frozenset({"Gemm"}), _root, _check_gemm, _gemm)
+CONV_PACKED = Rule("conv_packed", FAMILY, frozenset({"ConvNHWC"}), _root, _check_conv, _conv)
+
+
+# ---------------------------------------------------------------- epilogues
+
+def _producer(value: str, view: View) -> Node | None:
+    node = view.producer(value)
+    return node if node is not None and node.op_type in OPS and node.domain == DOMAIN else None
+
+
+def _match_add(node: Node, view: View) -> Match | None:
+    if len(node.inputs) != 2:
+        return None
+    for value in node.inputs:
+        packed = _producer(value, view)
+        if packed is not None:
+            return (packed, node)
+    return None
+
+
+def _other(packed: Node, add: Node) -> str:
+    return add.inputs[1] if add.inputs[0] == packed.outputs[0] else add.inputs[0]
+
+
+def _epilogue_decline(packed: Node, consumer: Node, view: View) -> str | None:
+    if packed.attr("relu", 0):
+        return f"the {packed.op_type} applies ReLU before the {consumer.op_type}"
+    return view.only_feeds(packed, consumer)
+
+
+def _check_bias(m: Match, view: View) -> str | None:
+    packed, add = m
+    reason = _epilogue_decline(packed, add, view)
+    if reason:
+        return reason
+    if len(packed.inputs) > 3:
+        return "the residual is added before this Add"
+    y = view.shape(packed.outputs[0])
+    if y is None or view.shape(add.outputs[0]) != y:
+        return "the Add broadcasts beyond the product's shape"
+    bias = _column_bias(view, _other(packed, add), y[-1], len(y))
+    return bias if isinstance(bias, str) else None
+
+
+def _fold_bias(m: Match, view: View) -> Replacement:
+    packed, add = m
+    y = view.shape(packed.outputs[0])
+    total = view.tensor(packed.inputs[2]).astype(np.float64) + _column_bias(view, _other(packed, add), y[-1], len(y))
+    bias = view.fresh(packed.inputs[2])
+    node = packed.replace(inputs=packed.inputs[:2] + (bias,), outputs=add.outputs)
+    return Replacement(nodes=(node,), tensors={bias: total.astype(np.float32)})
+
+
+def _check_residual(m: Match, view: View) -> str | None:
+    packed, add = m
+    reason = _epilogue_decline(packed, add, view)
+    if reason:
+        return reason
+    if len(packed.inputs) > 3:
+        return f"the {packed.op_type} already adds a residual"
+    other = _other(packed, add)
+    if other == packed.outputs[0]:
+        return "the Add adds the product to itself"
+    if view.tensor(other) is not None:
+        return "the other operand is a constant (a bias, not a residual)"
+    y, t = view.shape(packed.outputs[0]), view.type(other)
+    if y is None or t is None or tuple(t.shape) != y or view.shape(add.outputs[0]) != y:
+        return "the residual is not shaped like the product"
+    return None if t.dtype == "float32" else f"the residual is {t.dtype}, not float32"
+
+
+def _fold_residual(m: Match, view: View) -> Replacement:
+    packed, add = m
+    return Replacement(nodes=(packed.replace(inputs=packed.inputs[:3] + (_other(packed, add),),
+                                             outputs=add.outputs),))
+
+
+def _match_relu(node: Node, view: View) -> Match | None:
+    packed = _producer(node.inputs[0], view)
+    return (packed, node) if packed is not None else None
+
+
+def _check_relu(m: Match, view: View) -> str | None:
+    packed, relu = m
+    return _epilogue_decline(packed, relu, view)
+
+
+def _fold_relu(m: Match, view: View) -> Replacement:
+    packed, relu = m
+    attrs = tuple(sorted({**dict(packed.attrs), "relu": 1}.items()))
+    return Replacement(nodes=(packed.replace(outputs=relu.outputs, attrs=attrs),))
+
+
+PACKED_BIAS = Rule("packed_bias", FAMILY, frozenset({"Add"}), _match_add, _check_bias, _fold_bias)
+PACKED_RESIDUAL = Rule("packed_residual", FAMILY, frozenset({"Add"}), _match_add, _check_residual, _fold_residual)
+PACKED_RELU = Rule("packed_relu", FAMILY, frozenset({"Relu"}), _match_relu, _check_relu, _fold_relu)
+
+
+# ---------------------------------------------------------------- rule sets
+
+_CHOICES = (MATMUL_PACKED, GEMM_PACKED, CONV_PACKED)
+PACKED_RULES: dict[str, Rule] = {rule.name: rule for rule in _CHOICES}
+
+# Per root op type, the packed form a node of that type may take (besides staying as it is).
+PACKED_ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "MatMul": ("matmul_packed",), "Gemm": ("gemm_packed",), "ConvNHWC": ("conv_packed",),
+}
+
+PACKED_EPILOGUE = RuleSet("packed_epilogue", (PACKED_BIAS, PACKED_RESIDUAL, PACKED_RELU))
+PACKED = RuleSet("packed", _CHOICES + PACKED_EPILOGUE.rules)

@@ -1,0 +1,126 @@
+"""autofuse's packed GEMM kernel: equals XLA for products and convolutions, falls back, survives jax.export."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from jax import export
+
+from autofuse import gemm
+from autofuse.errors import AutofuseError
+from autofuse.executable import NATIVE_TARGETS
+
+
+@pytest.fixture
+def kernel():
+    if gemm.kernel_targets() is None:
+        pytest.skip(gemm.unavailable_reason())
+    return gemm.kernel_targets()
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _matmul_reference(x, w, b, r, relu):
+    y = x.astype(np.float64) @ w.astype(np.float64) + b
+    y = y if r is None else y + r
+    return np.maximum(y, 0) if relu else y
+
+
+@pytest.mark.parametrize("k, n", [(7, 3), (300, 33), (16, 64), (1, 1), (513, 100)])
+def test_pack_and_unpack_are_inverse(k, n):
+    w = _rng().standard_normal((k, n)).astype(np.float32)
+    packed = gemm.pack_weight(w)
+    assert packed.shape == (-(-n // 32), k, 32)
+    assert np.all(packed.transpose(1, 0, 2).reshape(k, -1)[:, n:] == 0)
+    np.testing.assert_array_equal(np.asarray(gemm.unpack_weight(packed, n)), w)
+
+
+@pytest.mark.parametrize("lead, k, n", [((5,), 7, 3), ((2, 3), 16, 9), ((13,), 300, 33), ((0,), 4, 3),
+                                        ((130,), 260, 70), ((2, 1, 25), 513, 65), ((600,), 40, 31)])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_gemm_kernel_equals_the_dot(kernel, lead, k, n, residual, relu):
+    rng = _rng(k)
+    x, w = rng.standard_normal((*lead, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    b, r = rng.standard_normal(n).astype(np.float32), rng.standard_normal((*lead, n)).astype(np.float32)
+    r = r if residual else None
+    run = jax.jit(lambda x, wp, b, *r: gemm.gemm(x, wp, b, n, residual=r[0] if r else None, relu=relu))
+    got = np.asarray(run(x, gemm.pack_weight(w), b, *(() if r is None else (r,))))
+    assert got.shape == (*lead, n)
+    np.testing.assert_allclose(got, _matmul_reference(x, w, b, r, relu), rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+def _conv_reference(x, w, b, strides, pads, dilations, r, relu):
+    y = jax.lax.conv_general_dilated(
+        x, w, strides, ((pads[0], pads[2]), (pads[1], pads[3])), rhs_dilation=dilations,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+    y = np.asarray(y, np.float64) + b
+    y = y if r is None else y + r
+    return np.maximum(y, 0) if relu else y
+
+
+@pytest.mark.parametrize("x_shape, kernel_hw, n, strides, pads, dilations", [
+    ((1, 30, 30, 3), (7, 7), 16, (2, 2), (3, 3, 3, 3), (1, 1)),     # a stem: short channel runs, padding
+    ((1, 14, 14, 40), (3, 3), 64, (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((2, 9, 11, 5), (3, 2), 37, (2, 1), (0, 1, 2, 0), (2, 1)),     # asymmetric pads, dilation, batch 2
+    ((1, 7, 7, 33), (1, 1), 70, (2, 2), (0, 0, 0, 0), (1, 1)),      # strided pointwise
+    ((1, 5, 5, 300), (3, 3), 5, (1, 1), (1, 1, 1, 1), (1, 2)),     # K spans several reduction blocks
+])
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv_kernel_equals_xla(kernel, x_shape, kernel_hw, n, strides, pads, dilations, residual):
+    rng = _rng(n)
+    c = x_shape[-1]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((*kernel_hw, c, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    shape = gemm.conv_output_shape(x_shape, kernel_hw, strides, pads, dilations, n)
+    r = rng.standard_normal(shape).astype(np.float32) if residual else None
+
+    def run(x, wp, b, *r):
+        return gemm.conv_nhwc(x, wp, b, n, kernel=kernel_hw, strides=strides, pads=pads, dilations=dilations,
+                              residual=r[0] if r else None, relu=True)
+
+    got = np.asarray(jax.jit(run)(x, gemm.pack_weight(w.reshape(-1, n)), b, *(() if r is None else (r,))))
+    expected = _conv_reference(x, w, b, strides, pads, dilations, r, True)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_xla_form_is_used_when_asked(monkeypatch, kernel):
+    x, w = _rng().standard_normal((4, 8)).astype(np.float32), _rng(1).standard_normal((8, 5)).astype(np.float32)
+    b = np.zeros(5, np.float32)
+    monkeypatch.setenv("AUTOFUSE_GEMM_KERNEL", "xla")
+    assert gemm.kernel_targets() is None and gemm.unavailable_reason() == "AUTOFUSE_GEMM_KERNEL=xla"
+    hlo = jax.jit(lambda x, wp, b: gemm.gemm(x, wp, b, 5)).lower(x, gemm.pack_weight(w), b).as_text()
+    assert "custom_call" not in hlo
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda x, wp, b: gemm.gemm(x, wp, b, 5))(x, gemm.pack_weight(w), b)),
+                               x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_calls_are_single_custom_calls_and_export(kernel):
+    x, w = _rng().standard_normal((3, 6, 6, 4)).astype(np.float32), _rng(1).standard_normal((36, 8)).astype(np.float32)
+    b = np.zeros(8, np.float32)
+
+    def model(x, wp, b):
+        y = gemm.conv_nhwc(x, wp, b, 8, kernel=(3, 3), pads=(1, 1, 1, 1), relu=True)
+        return gemm.gemm(y, gemm.pack_weight(np.eye(8, dtype=np.float32)), b, 8, residual=y)
+
+    hlo = jax.jit(model).lower(x, gemm.pack_weight(w), b).as_text()
+    assert hlo.count(f"custom_call @{gemm.GEMM_TARGET}") == 1 and hlo.count(f"custom_call @{gemm.CONV_TARGET}") == 1
+    assert set(kernel) <= set(NATIVE_TARGETS)
+    exported = export.export(jax.jit(model), disabled_checks=[
+        export.DisabledSafetyCheck.custom_call(t) for t in kernel])(x, gemm.pack_weight(w), b)
+    again = export.deserialize(exported.serialize())
+    np.testing.assert_allclose(np.asarray(again.call(x, gemm.pack_weight(w), b)),
+                               np.asarray(jax.jit(model)(x, gemm.pack_weight(w), b)), rtol=1e-6)
+
+
+def test_bad_operands_are_named():
+    with pytest.raises(AutofuseError, match="does not multiply the packed weight"):
+        gemm.gemm(np.zeros((2, 5), np.float32), gemm.pack_weight(np.zeros((4, 3), np.float32)), np.zeros(3), 3)
+    with pytest.raises(AutofuseError, match="2-D"):
+        gemm.pack_weight(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(AutofuseError, match="does not fit"):
+        gemm.conv_nhwc(np.zeros((1, 2, 2, 1), np.float32), gemm.pack_weight(np.zeros((9, 2), np.float32)),
+                       np.zeros(2, np.float32), 2, kernel=(3, 3))

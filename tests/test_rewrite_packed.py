@@ -1,0 +1,198 @@
+"""Packed-GEMM rules: each fires, declines with its reason where it must, and keeps the outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from autofuse.rewrite import View, rewrite
+from autofuse.rewrite.engine import RuleSet
+from autofuse.rewrite.folding import FOLDING
+from autofuse.rewrite.layout import LAYOUT
+from autofuse.rewrite.packed import PACKED, PACKED_ALTERNATIVES, PACKED_EPILOGUE, PACKED_RULES
+from test_rewrite_engine import assert_equivalent, ops, rng_array, tiny
+
+
+def only(name, model):
+    return rewrite(model, RuleSet(name, (PACKED_RULES[name],)))
+
+
+# ---------------------------------------------------------------- MatMul and Gemm
+
+@pytest.mark.parametrize("x_shape", [[5, 8], [2, 3, 8], [8]])
+def test_matmul_with_a_constant_weight_is_packed(x_shape):
+    model = tiny([helper.make_node("MatMul", ["x", "w"], ["y"])], {"x": x_shape}, ["y"], {"w": rng_array(8, 40)})
+    result = only("matmul_packed", model)
+    assert result.fired == {"matmul_packed": 1}
+    (node,) = result.model.graph.nodes
+    assert node.op_type == "PackedMatMul" and node.attr("n") == 40
+    assert result.model.weights[node.inputs[1]].shape == (2, 8, 32)
+    assert_equivalent(model, result.model)
+
+
+def test_matmul_declines_runtime_batched_and_float64_weights():
+    runtime = tiny([helper.make_node("MatMul", ["x", "v"], ["y"])], {"x": [2, 4], "v": [4, 3]}, ["y"])
+    batched = tiny([helper.make_node("MatMul", ["x", "w"], ["y"])], {"x": [2, 3, 4]}, ["y"], {"w": rng_array(2, 4, 3)})
+    nodes = [helper.make_node("Cast", ["x"], ["xd"], to=TensorProto.DOUBLE), helper.make_node("MatMul", ["xd", "w"], ["y"])]
+    double = tiny(nodes, {"x": [2, 4]}, ["y"], {"w": rng_array(4, 3).astype(np.float64)})
+    assert only("matmul_packed", runtime).declined == {"matmul_packed": {"B is not constant": 1}}
+    assert only("matmul_packed", batched).declined == {"matmul_packed": {"B is 3-D, not a 2-D weight": 1}}
+    assert only("matmul_packed", double).declined == {"matmul_packed": {"B is float64, not float32": 1}}
+
+
+@pytest.mark.parametrize("attrs", [{}, {"transB": 1}, {"alpha": 0.5, "beta": 2.0}, {"transB": 1, "alpha": -1.5}])
+@pytest.mark.parametrize("c_shape", [None, (6,), (1, 6)])
+def test_gemm_with_a_constant_weight_is_packed(attrs, c_shape):
+    w = rng_array(6, 8) if attrs.get("transB") else rng_array(8, 6)
+    weights = {"w": w} if c_shape is None else {"w": w, "c": rng_array(*c_shape, seed=2)}
+    model = tiny([helper.make_node("Gemm", ["x", *weights], ["y"], **attrs)], {"x": [5, 8]}, ["y"], weights)
+    result = only("gemm_packed", model)
+    assert result.fired == {"gemm_packed": 1}
+    assert ops(result.model) == ["PackedMatMul"]
+    assert_equivalent(model, result.model)
+
+
+@pytest.mark.parametrize("attrs, c, reason", [
+    ({"transA": 1}, None, "transA=1: A would need a transpose at run time"),
+    ({}, "runtime", "the bias is not constant"),
+    ({}, (5, 6), "the bias of shape [5, 6] is not one value per output column (6)"),
+])
+def test_gemm_declines(attrs, c, reason):
+    inputs, weights = {"x": [8, 5] if attrs.get("transA") else [5, 8]}, {"w": rng_array(8, 6)}
+    if c == "runtime":
+        inputs["c"] = [6]
+    elif c is not None:
+        weights["c"] = rng_array(*c)
+    names = ["x", "w"] + (["c"] if c else [])
+    model = tiny([helper.make_node("Gemm", names, ["y"], **attrs)], inputs, ["y"], weights)
+    assert only("gemm_packed", model).declined == {"gemm_packed": {reason: 1}}
+
+
+# ---------------------------------------------------------------- ConvNHWC
+
+def conv_nhwc(w_shape, bias=False, x_shape=(2, 4, 9, 10), **attrs):
+    inputs = ["x", "w", "b"] if bias else ["x", "w"]
+    weights = {"w": rng_array(*w_shape) / np.float32(np.sqrt(np.prod(w_shape[1:]))), "b": rng_array(w_shape[0], seed=1)}
+    model = tiny([helper.make_node("Conv", inputs, ["y"], **attrs)], {"x": list(x_shape)}, ["y"],
+                 {k: v for k, v in weights.items() if k in inputs})
+    layout = RuleSet("nhwc", tuple(r for r in LAYOUT if r.name != "nhwc_conv1x1_to_matmul"))
+    return model, rewrite(model, layout).model
+
+
+@pytest.mark.parametrize("w_shape, attrs", [
+    ((6, 4, 3, 3), {"pads": [1, 1, 1, 1]}), ((6, 4, 3, 3), {"strides": [2, 2]}),
+    ((6, 4, 3, 2), {"dilations": [2, 1], "pads": [0, 1, 2, 0]}), ((6, 4, 1, 1), {"strides": [2, 2]}),
+    ((6, 4, 1, 1), {}), ((40, 4, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_nhwc_is_packed(w_shape, attrs, bias):
+    model, nhwc = conv_nhwc(w_shape, bias=bias, **attrs)
+    result = only("conv_packed", nhwc)
+    assert result.fired == {"conv_packed": 1}
+    assert "ConvNHWC" not in ops(result.model) and ops(result.model).count("PackedConvNHWC") == 1
+    assert_equivalent(model, result.model)
+
+
+def test_conv_nhwc_declines_grouped_implicit_pads_and_nchw():
+    _, grouped = conv_nhwc((6, 2, 3, 3), group=2)
+    assert only("conv_packed", grouped).declined == {"conv_packed": {"grouped convolution": 1}}
+    _, same = conv_nhwc((6, 4, 3, 3), auto_pad="SAME_UPPER")
+    assert only("conv_packed", same).declined == {"conv_packed": {"auto_pad=SAME_UPPER: the pads are not explicit": 1}}
+    model, _ = conv_nhwc((6, 4, 3, 3))
+    assert only("conv_packed", model).fired == {}  # an ONNX Conv is not a ConvNHWC root
+
+
+# ---------------------------------------------------------------- epilogues
+
+def linear(bias_shape=(6,), relu=True, extra_reader=False, x_shape=(3, 5, 8)):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["s"])]
+    nodes.append(helper.make_node("Relu", ["s"], ["y"]) if relu else helper.make_node("Identity", ["s"], ["y"]))
+    outputs = ["y"]
+    if extra_reader:
+        nodes.append(helper.make_node("Neg", ["mm"], ["z"]))
+        outputs.append("z")
+    return tiny(nodes, {"x": list(x_shape)}, outputs, {"w": rng_array(8, 6), "b": rng_array(*bias_shape, seed=1)})
+
+
+@pytest.mark.parametrize("bias_shape", [(6,), (1, 6), (1, 1, 6)])
+def test_bias_and_relu_fold_into_one_call(bias_shape):
+    model = linear(bias_shape)
+    result = rewrite(model, PACKED)
+    assert result.fired == {"matmul_packed": 1, "packed_bias": 1, "packed_relu": 1}
+    (node,) = result.model.graph.nodes
+    assert node.op_type == "PackedMatMul" and len(node.inputs) == 3 and node.attr("relu") == 1
+    assert_equivalent(model, result.model)
+
+
+def residual_block():
+    """x -> MatMul -> Add(., shortcut) -> Relu, the shortcut itself a product of x."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("MatMul", ["h", "w2"], ["b"]), helper.make_node("Add", ["b", "x"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    return tiny(nodes, {"x": [7, 8]}, ["y"], {"w1": rng_array(8, 8), "w2": rng_array(8, 8, seed=1)})
+
+
+def test_residual_add_and_relu_fold_into_the_product():
+    model = residual_block()
+    result = rewrite(model, PACKED)
+    assert result.fired == {"matmul_packed": 2, "packed_relu": 2, "packed_residual": 1}
+    last = result.model.graph.nodes[-1]
+    assert last.op_type == "PackedMatMul" and last.inputs[3] == "x" and last.attr("relu") == 1
+    assert_equivalent(model, result.model)
+
+
+def test_epilogues_decline_with_reasons():
+    shared = rewrite(linear(extra_reader=True), PACKED)
+    assert shared.fired == {"matmul_packed": 1}
+    assert shared.declined["packed_bias"] == {"PackedMatMul output 'mm' has another consumer": 1}
+    wide = rewrite(linear(bias_shape=(5, 6), relu=False), PACKED)
+    assert wide.declined["packed_bias"] == {"the bias of shape [5, 6] is not one value per output column (6)": 1}
+    assert wide.declined["packed_residual"] == {"the other operand is a constant (a bias, not a residual)": 1}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Relu", ["mm"], ["r"]),
+             helper.make_node("Add", ["r", "x"], ["y"])]
+    after_relu = tiny(nodes, {"x": [4, 6]}, ["y"], {"w": rng_array(6, 6)})
+    result = rewrite(after_relu, PACKED)
+    assert result.declined["packed_residual"] == {"the PackedMatMul applies ReLU before the Add": 1}
+    assert_equivalent(after_relu, result.model)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "v"], ["y"])]
+    broadcast = tiny(nodes, {"x": [4, 6], "v": [1, 6]}, ["y"], {"w": rng_array(6, 6)})
+    assert rewrite(broadcast, PACKED).declined["packed_residual"] == {
+        "the residual is not shaped like the product": 1}
+
+
+# ---------------------------------------------------------------- sets, alternatives, a small CNN
+
+def test_alternatives_are_single_node_choices_the_search_can_place():
+    assert {n for names in PACKED_ALTERNATIVES.values() for n in names} == set(PACKED_RULES)
+    model = linear(relu=False)
+    view = View(model)
+    for node in model.graph.nodes:
+        for name in PACKED_ALTERNATIVES.get(node.op_type, ()):
+            match = PACKED_RULES[name].match(node, view)
+            assert match[-1] is node and PACKED_RULES[name].check(match, view) is None
+    assert {r.name for r in PACKED} == set(PACKED_RULES) | {r.name for r in PACKED_EPILOGUE}
+
+
+def test_small_resnet_block_with_folding_layout_and_packed():
+    c = 8
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["n1"]),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["c3"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1),
+    ]
+    weights = {"w1": rng_array(c, 3, 3, 3) / 5, "b1": rng_array(c, seed=1), "g": rng_array(c, seed=2),
+               "be": rng_array(c, seed=3), "mu": rng_array(c, seed=4), "var": np.abs(rng_array(c, seed=5)) + 0.5,
+               "w2": rng_array(c, c, 3, 3, seed=6) / 9, "w3": rng_array(c, c, 1, 1, seed=7) / 3,
+               "fc": rng_array(10, c, seed=8), "fb": rng_array(10, seed=9)}
+    model = tiny(nodes, {"x": [1, 3, 12, 12]}, ["y"], weights)
+    result = rewrite(rewrite(rewrite(model, FOLDING).model, LAYOUT).model, PACKED)
+    assert result.fired["packed_residual"] == 1 and result.fired["packed_relu"] == 2
+    assert "Add" not in ops(result.model) and "Relu" not in ops(result.model)
+    assert_equivalent(model, result.model)
