@@ -46,6 +46,7 @@ PIPELINES: tuple[tuple[str, ...], ...] = (
     ("folding", "layout"),
     ("folding", "algebraic", "layout"),
     ("folding", "algebraic", "layout", "algorithm"),
+    ("folding", "algebraic", "layout", "packed"),
 )
 PIPELINE_DECISION = "global/rewrites"
 # The whole-model contenders of the closing comparison.
@@ -288,19 +289,19 @@ def _task_report(state: TaskState, space: Space, reused: int) -> TaskReport:
                       best, len(state.measured) - reused, reused)
 
 
-# The family whose rules are per-op decisions of the search (its default set is one global choice).
-PER_OP_FAMILY = "algorithm"
+# The families whose rules are per-op decisions of the search (their default sets are one global choice).
+PER_OP_FAMILIES = frozenset({"algorithm", "packed"})
 
 
 def per_op_base(raw: Model, pipeline: Sequence[str], rewritten: Model) -> Model:
-    """The model tasks are cut from: the pipeline without its per-op family, whose
+    """The model tasks are cut from: the pipeline without its per-op families, whose
     rules the search then chooses node by node (so the task spaces keep them)."""
-    if PER_OP_FAMILY not in pipeline:
+    if not PER_OP_FAMILIES & set(pipeline):
         return rewritten
     from autofuse.api import rule_families
 
     families = rule_families()
-    rest = [families[f] for f in pipeline if f != PER_OP_FAMILY]
+    rest = [families[f] for f in pipeline if f not in PER_OP_FAMILIES]
     return rewrite(raw, rest).model if rest else raw
 
 

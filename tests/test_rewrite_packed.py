@@ -124,16 +124,17 @@ def test_bias_and_relu_fold_into_one_call(bias_shape):
     assert_equivalent(model, result.model)
 
 
-def residual_block():
+def residual_block(join="Add"):
     """x -> MatMul -> Add(., shortcut) -> Relu, the shortcut itself a product of x."""
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["h"]),
-             helper.make_node("MatMul", ["h", "w2"], ["b"]), helper.make_node("Add", ["b", "x"], ["s"]),
+             helper.make_node("MatMul", ["h", "w2"], ["b"]), helper.make_node(join, ["b", "x"], ["s"]),
              helper.make_node("Relu", ["s"], ["y"])]
     return tiny(nodes, {"x": [7, 8]}, ["y"], {"w1": rng_array(8, 8), "w2": rng_array(8, 8, seed=1)})
 
 
-def test_residual_add_and_relu_fold_into_the_product():
-    model = residual_block()
+@pytest.mark.parametrize("join", ["Add", "Sum"])
+def test_residual_add_and_relu_fold_into_the_product(join):
+    model = residual_block(join)
     result = rewrite(model, PACKED)
     assert result.fired == {"matmul_packed": 2, "packed_relu": 2, "packed_residual": 1}
     last = result.model.graph.nodes[-1]

@@ -11,8 +11,8 @@ Algorithm choices, one per op (the weight is packed here, once, by
 
 Epilogues folded into a packed op that feeds them alone (`PACKED_EPILOGUE`):
 
-* `packed_bias`: Add(P, b) with a constant per-column b -> P with b added to its bias.
-* `packed_residual`: Add(P, r) with a computed r of P's shape -> P adding r as it stores.
+* `packed_bias`: Add(P, b) (or a two-input Sum) with a constant per-column b -> P with b added to its bias.
+* `packed_residual`: Add(P, r) (or a two-input Sum) with a computed r of P's shape -> P adding r as it stores.
 * `packed_relu`: Relu(P) -> P with relu=1.
 
 `PACKED` is the whole-model family (`--rewrite ...,packed`); `PACKED_RULES` and
@@ -241,8 +241,10 @@ def _fold_relu(m: Match, view: View) -> Replacement:
     return Replacement(nodes=(packed.replace(outputs=relu.outputs, attrs=attrs),))
 
 
-PACKED_BIAS = Rule("packed_bias", FAMILY, frozenset({"Add"}), _match_add, _check_bias, _fold_bias)
-PACKED_RESIDUAL = Rule("packed_residual", FAMILY, frozenset({"Add"}), _match_add, _check_residual, _fold_residual)
+# A two-input Sum is an Add (ResNet's zoo export joins its shortcuts with Sum).
+PACKED_BIAS = Rule("packed_bias", FAMILY, frozenset({"Add", "Sum"}), _match_add, _check_bias, _fold_bias)
+PACKED_RESIDUAL = Rule("packed_residual", FAMILY, frozenset({"Add", "Sum"}), _match_add, _check_residual,
+                       _fold_residual)
 PACKED_RELU = Rule("packed_relu", FAMILY, frozenset({"Relu"}), _match_relu, _check_relu, _fold_relu)
 
 
