@@ -161,7 +161,7 @@ def format_tune_result(result: Any) -> str:
     lines.append(f"{'task':<10} {'ops':<34} {'x':>3} {'default':>10} {'best':>10} {'speedup':>8} {'meas':>5} {'reused':>6}  best decisions")
     for t in result.tasks:
         speedup = f"{t.default_ms / t.best_ms:.2f}x" if t.default_ms and t.best_ms else "-"
-        changed = ", ".join(f"{k}={v}" for k, v in t.best.items() if v not in ("default", "fuse")) or "defaults"
+        changed = ", ".join(f"{k}={v}" for k, v in t.best.items() if v not in ("default", "fuse", "dense")) or "defaults"
         lines.append(f"{t.key[:8]:<10} {t.ops[:34]:<34} {t.occurrences:>3} "
                      f"{f'{t.default_ms:.3f}' if t.default_ms else '-':>10} {f'{t.best_ms:.3f}' if t.best_ms else '-':>10} "
                      f"{speedup:>8} {t.measured:>5} {t.reused:>6}  {changed[:60]}")
@@ -174,9 +174,33 @@ def format_tune_result(result: Any) -> str:
             lines.append(f"{name:<20} {ms:>8.2f} ms {f'{xla / ms:.2f}x faster' if xla else '-':>15} "
                          f"{f'{ms / ort:.2f} (ratio)' if ort else '-':>15}")
         if result.max_rel_diff is not None:
-            lines.append(f"max relative difference to onnxruntime: {result.max_rel_diff:.1e}")
+            against = "the pruned model run densely" if result.choices.sparsity else "onnxruntime"
+            lines.append(f"max relative difference to {against}: {result.max_rel_diff:.1e}")
     lines.extend(f"note: {n}" for n in result.notes)
+    if result.budget is not None:
+        lines.extend(format_budget(result))
     return "\n".join(lines)
+
+
+def format_budget(result: Any, shown: int = 20) -> list[str]:
+    """What the accuracy budget allowed: the kept sparse layers with their measured cost, the refusals."""
+    lines = [""]
+    v = result.accuracy
+    if result.choices.sparsity and v is not None:
+        names = {n.outputs[0]: n.name or n.outputs[0] for n in result.model.graph.nodes if n.outputs}
+        levels = ", ".join(f"{names.get(value, value)}={p}" for value, p in sorted(result.choices.sparsity.items()))
+        cost = f"relative output error {v.rel_error:.3g}"
+        if v.accuracy_drop is not None:
+            cost += (f", top-1 {100 * v.accuracy_original:.2f}% -> {100 * v.accuracy_sparse:.2f}% "
+                     f"(drop {100 * v.accuracy_drop:.2f} points)")
+        lines.append(f"accuracy budget {result.budget}: {len(result.choices.sparsity)} sparse layers ({levels}); "
+                     f"{cost} on {result.accuracy_on}")
+    else:
+        lines.append(f"accuracy budget {result.budget}: no sparse layer kept, the model stays dense")
+    lines.extend(f"  {r}" for r in result.refusals[:shown])
+    if len(result.refusals) > shown:
+        lines.append(f"  ... and {len(result.refusals) - shown} more refusals")
+    return lines
 
 
 def _runner_for(args: argparse.Namespace) -> Any:
@@ -205,16 +229,22 @@ def _save_result(result: Any, path: str, target_kind: str) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from autofuse.sparsity.admission import DEFAULT_PATTERNS, budget_arguments
     from autofuse.tuning import tune
 
     if args.trials is None and args.time_budget is None:
         args.time_budget = "10m"
+    if args.sparsity_patterns and not args.accuracy_budget:
+        raise SystemExit("autofuse: error: --sparsity-patterns is only used with --accuracy-budget")
+    patterns = _parse_rewrites(args.sparsity_patterns) or DEFAULT_PATTERNS
+    budget_arguments(args.accuracy_budget, args.calib, patterns)  # a bad spec fails before a runner starts
     progress = ProgressLine()
     try:
         result = tune(args.model, db=args.db, runner=_runner_for(args), target=args.target,
                       trials=args.trials,
                       time_budget_s=_parse_duration(args.time_budget) if args.time_budget else None,
-                      shapes=_parse_shapes(args.shape), seed=args.seed, progress=progress)
+                      shapes=_parse_shapes(args.shape), seed=args.seed, progress=progress,
+                      accuracy_budget=args.accuracy_budget, calib=args.calib, sparsity_patterns=patterns)
     finally:
         progress.done()
     print(format_tune_result(result))
@@ -471,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("-o", "--output", metavar="TUNED.afz", help="write the tuned artifact here")
     tune.add_argument("--shape", action="append", metavar="NAME=DxD...", help="bind dynamic input dims")
     tune.add_argument("--seed", type=int, default=0, help="seed for inputs and the search (default 0)")
+    tune.add_argument("--accuracy-budget", metavar="SPEC",
+                      help="allow balanced sparsity within this budget: rel:E (relative output error) or acc:D "
+                           "(top-1 drop, a fraction; needs --calib with labels). Without it nothing is pruned")
+    tune.add_argument("--calib", metavar="DATA.npz",
+                      help="calibration inputs by name, plus 'labels' for acc: (default for rel: seeded random)")
+    tune.add_argument("--sparsity-patterns", metavar="LIST",
+                      help="levels to try, comma-separated (default balanced:8/16,balanced:4/16,balanced:2/16)")
     tune.set_defaults(func=cmd_tune)
 
     comp = sub.add_parser("compile", help="apply the best known records from a database, measuring nothing")

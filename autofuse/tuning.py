@@ -10,6 +10,10 @@
 4. Assemble the best candidate of every task, check the whole model against
    onnxruntime, and time it beside XLA's default and onnxruntime.
 
+Sparsity is tried only under an accuracy budget (`accuracy_budget=`): the
+levels the budget admits per layer become search decisions, and the assembled
+model is checked against the budget again (`autofuse.sparsity.admission`).
+
 The driver is the only writer of the database; measuring is the runner's job,
 ranking the cost model's, storing the database's.
 """
@@ -21,7 +25,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -36,8 +40,14 @@ from autofuse.runners.base import Job, Runner, RunResult
 from autofuse.search.evolution import propose
 from autofuse.search.measure import build_program, task_jobs
 from autofuse.search.scheduler import TaskState, next_task
-from autofuse.search.space import Choices, Space, apply_choices, candidate_key, model_choices, task_space
+from autofuse.search.space import (Choices, Space, apply_choices, candidate_key, masked_model, model_choices,
+                                   sparsity_decisions, task_choices, task_space)
 from autofuse.search.task import Task, describe_graph, extract_tasks
+from autofuse.sparsity.admission import DEFAULT_PATTERNS, Admission, CalibSource
+
+if TYPE_CHECKING:
+    from autofuse.sparsity.admission import Refusal
+    from autofuse.sparsity.budget import AccuracyBudget, BudgetVerdict
 
 # Whole-model rewrite pipelines the search chooses between (rule-family names).
 PIPELINES: tuple[tuple[str, ...], ...] = (
@@ -52,6 +62,7 @@ PIPELINE_DECISION = "global/rewrites"
 # The whole-model contenders of the closing comparison.
 TUNED, ALGORITHMS_ONLY, PIPELINE_ONLY = "autofuse tuned", "algorithm choices only", "rewrites only"
 XLA_DEFAULT, ORT = "XLA default", "onnxruntime"
+DENSE_TUNED = "tuned, dense"  # the tuned decisions without their sparse layers
 # A task keeps its default unless a candidate measured at least this much faster.
 CHOICE_MARGIN = 0.03
 # A tuned model may differ from onnxruntime by at most this (max |diff| / max |reference|).
@@ -102,11 +113,15 @@ class TuneResult:
     median_ms: dict[str, float] = field(default_factory=dict)
     max_rel_diff: float | None = None
     notes: list[str] = field(default_factory=list)
+    budget: AccuracyBudget | None = None
+    accuracy: BudgetVerdict | None = None  # the kept sparse layers together, against the dense model
+    accuracy_on: str = ""  # the samples `accuracy` was measured on
+    refusals: list[Refusal] = field(default_factory=list)
 
     @property
     def decisions(self) -> dict:
         return {"pipeline": list(self.pipeline), "algorithms": dict(self.choices.algorithms),
-                "splits": sorted(self.choices.splits)}
+                "splits": sorted(self.choices.splits), "sparsity": dict(self.choices.sparsity)}
 
 
 class _Session:
@@ -215,18 +230,39 @@ def _samples(task: Task, description: dict, candidates: Sequence[dict], target: 
     return [Sample(task.key, description, dict(c), target) for c in candidates]
 
 
+def _jobs(task: Task, candidates: Sequence[dict], seed: int, references: dict) -> list[Job]:
+    """One job per candidate; a sparse one must match the task with the same weights masked."""
+    from autofuse.search.measure import reference_outputs
+    from autofuse.search.task import random_inputs
+
+    jobs = []
+    for candidate in candidates:
+        choices = task_choices(task, candidate)
+        key = (task.key, tuple(sorted(choices.sparsity.items())))
+        measured = dataclasses.replace(task, model=masked_model(task.model, choices)) if choices.sparsity else task
+        if key not in references:
+            references[key] = reference_outputs(measured, random_inputs(task.model, seed))
+        jobs += task_jobs(measured, [candidate], seed=seed, reference=references[key])
+    return jobs
+
+
 def tune_tasks(session: _Session, tasks: Sequence[Task], *, round_size: int, seed: int,
-               reserve_s: float) -> tuple[list[TaskState], dict[str, int]]:
-    """Steps 2 and 3: database records first, then measured rounds until the budget is spent."""
+               reserve_s: float, sparsity: Mapping[str, Sequence[str]] | None = None
+               ) -> tuple[list[TaskState], dict[str, int]]:
+    """Steps 2 and 3: database records first, then measured rounds until the budget is spent.
+
+    `sparsity` (layer value -> admitted patterns) adds the sparsity decisions; records of
+    levels not admitted here (another budget, or none) are left out."""
     rng = random.Random(seed)
     target_features = dataclasses.asdict(session.target)
     states, spaces, descriptions, references, reused = [], {}, {}, {}, {}
     for task in tasks:
         state = TaskState(task)
-        state.measured = _known(session.db, task.key, session.target.key)
+        spaces[task.key] = task_space(task, sparsity=sparsity)
+        state.measured = {k: v for k, v in _known(session.db, task.key, session.target.key).items()
+                          if spaces[task.key].offers(v[0])}
         reused[task.key] = len(state.measured)
         session.reused += len(state.measured)
-        spaces[task.key] = task_space(task)
         descriptions[task.key] = task.describe()
         states.append(state)
     session.report("tasks", f"{len(tasks)} tasks; {session.reused} records reused from the database")
@@ -241,17 +277,13 @@ def tune_tasks(session: _Session, tasks: Sequence[Task], *, round_size: int, see
             return session.cost_model.predict(_samples(task, description, pool, target_features))
 
         room = round_size if session.trials is None else min(round_size, session.trials - session.measurements)
-        candidates = [space.canonical(c) for c in propose(space, state.measured, room, rank, rng)]
+        proposed = (space.canonical(c) for c in propose(space, state.measured, room, rank, rng))
+        candidates = list({candidate_key(c): c for c in proposed if candidate_key(c) not in state.measured}.values())
         state.rounds += 1
         if not candidates:
             state.exhausted = True
             continue
-        if task.key not in references:
-            from autofuse.search.measure import reference_outputs
-            from autofuse.search.task import random_inputs
-
-            references[task.key] = reference_outputs(task, random_inputs(task.model, seed))
-        jobs = task_jobs(task, candidates, seed=seed, reference=references[task.key])
+        jobs = _jobs(task, candidates, seed, references)
         workload = Workload(task.key, description, (session.source,))
         results = session.measure(workload, candidates, jobs)
         times = []
@@ -281,6 +313,21 @@ def chosen_candidate(state: TaskState, space: Space, margin: float = CHOICE_MARG
     return space.canonical(best)
 
 
+def occurrence_pairs(state: TaskState, space: Space, admission: Admission | None) -> list[tuple[Task, dict]]:
+    """The task's chosen candidate; with sparsity, one per occurrence: the best measured
+    candidate whose sparse levels the budget admitted for that occurrence's own layers."""
+    if admission is None:
+        return [(state.task, chosen_candidate(state, space))]
+    pairs = []
+    for occurrence in state.task.occurrences:
+        outputs = occurrence.node_outputs
+        allowed = {k: (c, t) for k, (c, t) in state.measured.items()
+                   if all(admission.allows(outputs[i], p) for i, p in sparsity_decisions(c).items())}
+        pairs.append((dataclasses.replace(state.task, occurrences=(occurrence,)),
+                      chosen_candidate(TaskState(state.task, allowed), space)))
+    return pairs
+
+
 def _task_report(state: TaskState, space: Space, reused: int) -> TaskReport:
     default = state.measured.get(candidate_key(space.default()), (None, None))[1]
     best = chosen_candidate(state, space)
@@ -307,7 +354,7 @@ def per_op_base(raw: Model, pipeline: Sequence[str], rewritten: Model) -> Model:
 
 def pairs_chosen(pairs: Sequence[tuple[Task, Mapping[str, str]]]) -> bool:
     """Whether any task's chosen candidate differs from its default."""
-    return any(v not in ("default", "fuse") for _, c in pairs for v in c.values())
+    return any(v not in ("default", "fuse", "dense") for _, c in pairs for v in c.values())
 
 
 def _onnxruntime_outputs(model: ModelRef, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -318,15 +365,20 @@ def _onnxruntime_outputs(model: ModelRef, inputs: Mapping[str, np.ndarray]) -> l
 
 def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
            inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray], seconds: float,
-           base: Model | None = None) -> None:
+           base: Model | None = None, pruned: Model | None = None) -> None:
     """Step 4: the tuned model must match onnxruntime and beat what it was built from;
-    times it beside the pipeline alone, XLA's default and onnxruntime (interleaved)."""
+    times it beside the pipeline alone, XLA's default and onnxruntime (interleaved).
+
+    With sparse layers, `pruned` is `base` with their pruned weights: the tuned model must
+    match it run densely (the budget was checked before), and the same decisions without
+    sparsity are timed beside it."""
     from autofuse.bench import blocking, relative_error
     from autofuse.runners.onnxruntime import baseline_session, run_session
     from autofuse.runners.protocol import compare
 
     tuned = Executable(result.model, barriers=result.barriers).compile()
-    diff = relative_error(reference, tuned(inputs))
+    sparse = pruned is not None and bool(result.choices.sparsity)
+    diff = relative_error(Executable(pruned).compile()(inputs) if sparse else reference, tuned(inputs))
     if diff > MODEL_TOLERANCE:
         result.notes.append(f"the tuned model differed from onnxruntime by {diff:.1e}; "
                             "its task decisions were dropped")
@@ -336,10 +388,15 @@ def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
     contenders = {TUNED: blocking(tuned, inputs)}
     variants = {TUNED: (result.model, result.choices, result.barriers)}
     if result.choices.splits and result.choices.algorithms:
-        algorithms_only = Choices(result.choices.algorithms)
-        model_only, _ = apply_choices(base or rewritten, algorithms_only)
+        algorithms_only = Choices(result.choices.algorithms, sparsity=result.choices.sparsity)
+        model_only, _ = apply_choices(pruned if result.choices.sparsity else base or rewritten, algorithms_only)
         contenders[ALGORITHMS_ONLY] = blocking(Executable(model_only).compile(), inputs)
         variants[ALGORITHMS_ONLY] = (model_only, algorithms_only, frozenset())
+    if result.choices.sparsity:
+        dense = Choices(result.choices.algorithms, result.choices.splits)
+        dense_model, dense_barriers = apply_choices(base or rewritten, dense)
+        contenders[DENSE_TUNED] = blocking(Executable(dense_model, barriers=dense_barriers).compile(), inputs)
+        variants[DENSE_TUNED] = (dense_model, dense, dense_barriers)
     if result.choices.algorithms or result.choices.splits or (base is not None and base is not rewritten):
         contenders[PIPELINE_ONLY] = blocking(Executable(rewritten).compile(), inputs)
         variants[PIPELINE_ONLY] = (rewritten, Choices(), frozenset())
@@ -371,6 +428,9 @@ def tune(
     seed: int = 0,
     compare_seconds: float = 3.0,
     progress: Progress | None = None,
+    accuracy_budget: str | AccuracyBudget | None = None,
+    calib: CalibSource | None = None,
+    sparsity_patterns: Sequence[str] = DEFAULT_PATTERNS,
 ) -> TuneResult:
     """Tunes a model on this machine and returns the tuned model with its measurements.
 
@@ -378,11 +438,18 @@ def tune(
     the same database resumes without re-measuring, and a model that shares
     workloads with one tuned before takes those records instead of measuring.
     The default runner is Ray, started locally.
+
+    Sparsity is tried only with `accuracy_budget` ("rel:0.02", "acc:0.01" with
+    labelled `calib` data, or an AccuracyBudget): each MatMul/Gemm layer may then
+    take a level of `sparsity_patterns` that keeps the model inside the budget.
     """
+    from autofuse.sparsity.admission import admit, budget_arguments, calibration, enforce
+
     if trials is not None and trials < 1:
         raise AutofuseError(f"--trials {trials}: must be at least 1")
     if time_budget_s is not None and time_budget_s <= 0:
         raise AutofuseError(f"--time-budget {time_budget_s}: must be positive")
+    budget = budget_arguments(accuracy_budget, calib, sparsity_patterns)
     source = str(model)
     owns_db = isinstance(db, (str, os.PathLike))
     database = open_database(db) if owns_db else db
@@ -398,23 +465,43 @@ def tune(
                            trials, time_budget_s, progress, source)
         session.report("import", f"importing {source}")
         raw = import_onnx(model, shapes=shapes)
+        calib_data = calibration(raw, budget, calib, seed) if budget else None
         inputs = example_inputs(raw, seed=seed)
         reference = _onnxruntime_outputs(model, inputs)
         pipeline, rewritten, _ = choose_pipeline(session, raw, inputs, reference, pipelines)
         session.report("tasks", f"pipeline {_pipeline_name(pipeline)}; extracting tasks")
         base = per_op_base(raw, pipeline, rewritten)
+        admission = None
+        if budget is not None:
+            admission = admit(base, budget, calib_data, sparsity_patterns,
+                              report=lambda message: session.report("sparsity", message))
+        levels = admission.levels if admission else None
         tasks = extract_tasks(base)
         reused_at_start = session.reused
         states, reused = tune_tasks(session, tasks, round_size=round_size, seed=seed,
-                                    reserve_s=30.0 + 4 * compare_seconds)
-        spaces = {s.task.key: task_space(s.task) for s in states}
-        choices = model_choices([(s.task, chosen_candidate(s, spaces[s.task.key])) for s in states])
-        tuned, barriers = apply_choices(base, choices)
+                                    reserve_s=30.0 + 4 * compare_seconds, sparsity=levels)
+        spaces = {s.task.key: task_space(s.task, sparsity=levels) for s in states}
+        choices = model_choices([p for s in states for p in occurrence_pairs(s, spaces[s.task.key], admission)])
+        verdict, refusals = None, list(admission.refusals) if admission else []
+        if choices.sparsity:
+            session.report("sparsity", f"checking the {len(choices.sparsity)} chosen sparse layers together")
+
+            def assemble(sparsity: Mapping[str, str]) -> tuple[Model, frozenset[str]]:
+                return apply_choices(admission.pruned(base, sparsity), dataclasses.replace(choices, sparsity=sparsity))
+
+            kept, verdict, dropped = enforce(admission, choices.sparsity, assemble,
+                                             report=lambda message: session.report("sparsity", message))
+            refusals += dropped
+            choices = dataclasses.replace(choices, sparsity=kept)
+        pruned = admission.pruned(base, choices.sparsity) if choices.sparsity else None
+        tuned, barriers = apply_choices(pruned or base, choices)
         reports = [_task_report(s, spaces[s.task.key], reused.get(s.task.key, 0)) for s in states]
         result = TuneResult(source, tuned, pipeline, choices, barriers, reports,
-                            session.measurements, session.reused - reused_at_start)
+                            session.measurements, session.reused - reused_at_start, budget=budget,
+                            accuracy_on=calib_data.origin if calib_data else "", refusals=refusals)
         session.report("compare", "checking the tuned model against onnxruntime and timing it")
-        finish(result, raw, rewritten, model, inputs, reference, compare_seconds, base=base)
+        finish(result, raw, rewritten, model, inputs, reference, compare_seconds, base=base, pruned=pruned)
+        result.accuracy = verdict if result.choices.sparsity else None
         return result
     finally:
         if owns_runner and runner is not None:
@@ -455,7 +542,7 @@ def best_known(
         pairs, reports, reused = [], [], 0
         for task in extract_tasks(base):
             space = task_space(task)
-            records = _known(database, task.key, this_target.key)
+            records = {k: v for k, v in _known(database, task.key, this_target.key).items() if space.offers(v[0])}
             reused += len(records)
             state = TaskState(task, records)
             pairs.append((task, chosen_candidate(state, space)))

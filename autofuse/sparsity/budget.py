@@ -9,6 +9,8 @@ them. Two limits, either or both:
   the first output over its last axis), as a fraction: 0.01 is one point.
 
 The verdict carries every figure it measured, so a tuner can log why it refused.
+`AccuracyBudget` is the same pair of limits as a value (`parse_budget("acc:0.01")`),
+the form `autofuse tune --accuracy-budget` takes.
 """
 from __future__ import annotations
 
@@ -24,6 +26,50 @@ from autofuse.sparsity.calib import run_batched, sample_count
 
 class BudgetError(AutofuseError):
     """A budget that cannot be checked as asked (no limit, labels missing or mismatched)."""
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    """How much accuracy sparsity may cost: a relative output error, a top-1 drop (a fraction), or both."""
+
+    max_rel_error: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_rel_error is None and self.max_accuracy_drop is None:
+            raise BudgetError("an accuracy budget needs max_rel_error or max_accuracy_drop")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.max_accuracy_drop is not None
+
+    def __str__(self) -> str:
+        parts = [f"rel:{self.max_rel_error:g}"] if self.max_rel_error is not None else []
+        parts += [f"acc:{self.max_accuracy_drop:g}"] if self.max_accuracy_drop is not None else []
+        return ",".join(parts)
+
+
+BUDGET_SYNTAX = ("expected rel:E (largest relative output error, e.g. rel:0.02), acc:D (largest top-1 "
+                 "accuracy drop as a fraction, e.g. acc:0.01 for one point), or both: acc:0.01,rel:0.05")
+
+
+def parse_budget(text: str, flag: str = "--accuracy-budget") -> AccuracyBudget:
+    """'rel:0.02', 'acc:0.01' or 'acc:0.01,rel:0.05' as an AccuracyBudget; errors name `flag`."""
+    limits: dict[str, float] = {}
+    for part in str(text).lower().replace(" ", "").split(","):
+        kind, sep, value = part.partition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or kind not in ("rel", "acc") or kind in limits or not np.isfinite(number):
+            raise BudgetError(f"{flag} {text!r}: {BUDGET_SYNTAX}")
+        if kind == "rel" and number <= 0:
+            raise BudgetError(f"{flag} {text!r}: the relative error limit must be positive")
+        if kind == "acc" and not 0 <= number < 1:
+            raise BudgetError(f"{flag} {text!r}: the accuracy drop is a fraction in [0, 1) (0.01 is one point)")
+        limits[kind] = number
+    return AccuracyBudget(limits.get("rel"), limits.get("acc"))
 
 
 @dataclass(frozen=True)
@@ -73,8 +119,22 @@ def check_budget(
     samples = sample_count(calib_inputs)
     if labels is not None and len(labels) != samples:
         raise BudgetError(f"{len(labels)} labels for {samples} calibration samples")
-    expected = run_batched(original, calib_inputs)
-    actual = run_batched(sparse, calib_inputs)
+    return judge(run_batched(original, calib_inputs), run_batched(sparse, calib_inputs),
+                 max_rel_error=max_rel_error, max_accuracy_drop=max_accuracy_drop, labels=labels)
+
+
+def judge(
+    expected: list[np.ndarray],
+    actual: list[np.ndarray],
+    *,
+    max_rel_error: float | None = None,
+    max_accuracy_drop: float | None = None,
+    labels: np.ndarray | None = None,
+) -> BudgetVerdict:
+    """The verdict on outputs already computed (original, then sparse), e.g. many sparse
+    variants against one run of the original."""
+    if max_accuracy_drop is not None and labels is None:
+        raise BudgetError("max_accuracy_drop needs labels for the calibration inputs")
     error = relative_l2_error(expected, actual)
     acc_original = acc_sparse = None
     if labels is not None:

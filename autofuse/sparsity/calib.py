@@ -10,7 +10,7 @@ inference model autofuse imports).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -56,8 +56,12 @@ def sample_count(inputs: Mapping[str, np.ndarray], what: str = "calibration inpu
 
 
 def run_batched(model: Model, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None,
-                executable: Executable | None = None) -> list[np.ndarray]:
-    """The named values (default: the graph outputs) over all samples, concatenated on axis 0."""
+                executable: Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]] | None = None
+                ) -> list[np.ndarray]:
+    """The named values (default: the graph outputs) over all samples, concatenated on axis 0.
+
+    `executable` runs one batch of the model (default: the model compiled here).
+    """
     if outputs is not None:
         model = Model(model.graph.replace(outputs=tuple(outputs)), model.weights, model.source)
     executable = executable or Executable(model).compile()

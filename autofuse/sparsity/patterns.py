@@ -50,14 +50,14 @@ _BALANCED = re.compile(r"balanced:(\d+)/(\d+)")
 _NM = re.compile(r"nm:(\d+):(\d+)")
 
 
-def parse_pattern(text: str) -> Pattern:
-    """'balanced:4/16' (keep 4 of every 16) or 'nm:2:4' (keep 2 of every 4)."""
+def parse_pattern(text: str, flag: str = "--pattern") -> Pattern:
+    """'balanced:4/16' (keep 4 of every 16) or 'nm:2:4' (keep 2 of every 4); errors name `flag`."""
     spec = text.strip().lower()
     for kind, regex in (("balanced", _BALANCED), ("nm", _NM)):
         found = regex.fullmatch(spec)
         if found:
             return Pattern(kind, int(found.group(1)), int(found.group(2)))
-    raise PatternError(f"--pattern {text!r}: expected balanced:K/B (e.g. balanced:4/16) or nm:N:M (e.g. nm:2:4)")
+    raise PatternError(f"{flag} {text!r}: expected balanced:K/B (e.g. balanced:4/16) or nm:N:M (e.g. nm:2:4)")
 
 
 def fits(pattern: Pattern, row_length: int) -> str | None:

@@ -17,6 +17,7 @@ from autofuse.ir import Model, Node, TensorType
 from autofuse.settle import settle
 from autofuse.sparsity.compressed import compress
 from autofuse.sparsity.prune import PruneResult
+from autofuse.sparsity.targets import node_key
 
 DOMAIN = "autofuse"
 
@@ -52,21 +53,22 @@ def to_sparse_ops(result: PruneResult) -> SparseModel:
     replaced: dict[str, Node] = {}
     dense: dict[str, str] = {}
     for node in graph.nodes:
-        layer = result.layers.get(node.name)
+        key = node_key(node)
+        layer = result.layers.get(key)
         if layer is None:
             continue
         if layer.op_type == "Conv":
-            dense[node.name] = "Conv layers keep masked dense weights"
+            dense[key] = "Conv layers keep masked dense weights"
             continue
         bias = _bias(node, weights, constants) if node.op_type == "Gemm" else (None, None)
         if isinstance(bias, str):
-            dense[node.name] = bias
+            dense[key] = bias
             continue
         bias_name, bias_array = bias
         rows = layer.rows(np.asarray(weights[layer.weight], np.float32))
         if node.op_type == "Gemm":
             rows = rows * np.float32(node.attr("alpha", 1.0))
-        packed = compress(rows, result.masks[node.name], result.patterns[node.name])
+        packed = compress(rows, result.masks[key], result.patterns[key])
         names = {"values": f"{layer.weight}__values", "offsets": f"{layer.weight}__offsets"}
         new = {names["values"]: packed.values, names["offsets"]: packed.offsets}
         if bias_array is not None:
@@ -76,9 +78,9 @@ def to_sparse_ops(result: PruneResult) -> SparseModel:
             weights[name] = array
             types[name] = TensorType(str(array.dtype), tuple(int(d) for d in array.shape))
         inputs = (layer.activation, names["values"], names["offsets"]) + ((bias_name,) if bias_name else ())
-        replaced[node.name] = Node("SparseMatMul", inputs, node.outputs,
-                                   (("outputs", packed.outputs), ("window", packed.window)), DOMAIN, node.name)
-    nodes = tuple(replaced.get(n.name, n) for n in graph.nodes)
+        replaced[key] = Node("SparseMatMul", inputs, node.outputs,
+                             (("outputs", packed.outputs), ("window", packed.window)), DOMAIN, node.name)
+    nodes = tuple(replaced.get(node_key(n), n) for n in graph.nodes)
     used = {i for n in nodes for i in n.inputs if i}
     weights = {k: v for k, v in weights.items() if k in used}
     new_graph = graph.replace(nodes=nodes, weights=tuple(sorted(weights)), types=tuple(sorted(types.items())))

@@ -7,6 +7,9 @@ the orientation in which banks are cut:
 * MatMul(x, W), W (K, N): rows are W's columns, W.T.
 * Gemm(A, B) with transB=0: the same; transB=1: B (N, K) is already rows.
 * Conv(x, W), W (O, C/g, kh, kw): rows are W reshaped to (O, C/g*kh*kw).
+
+Layers are named by `node_key`: the node's name, or its first output where the
+node has none (many exported graphs leave nodes unnamed).
 """
 from __future__ import annotations
 
@@ -42,6 +45,11 @@ class Layer:
         return (rows if self.transposed else rows.T).astype(like.dtype)
 
 
+def node_key(node: Node) -> str:
+    """The name a layer goes by: the node's name, else its first output (unique in the graph)."""
+    return node.name or node.outputs[0]
+
+
 def _layer(node: Node, model: Model, readers: dict[str, int]) -> Layer | str:
     """The node as a Layer, or why it is not one."""
     if node.op_type not in OPS or len(node.inputs) < 2:
@@ -53,13 +61,13 @@ def _layer(node: Node, model: Model, readers: dict[str, int]) -> Layer | str:
         return f"weight '{weight}' is shared with other nodes"
     shape = np.shape(model.weights[weight])
     if node.op_type == "Conv":
-        return Layer(node.name, node.op_type, weight, activation, True) if len(shape) >= 3 else "not a 2-D+ convolution"
+        return Layer(node_key(node), node.op_type, weight, activation, True) if len(shape) >= 3 else "not a 2-D+ convolution"
     if len(shape) != 2:
         return f"weight '{weight}' has rank {len(shape)}, not 2"
     if node.op_type == "Gemm" and node.attr("transA", 0):
         return "Gemm with transA=1"
     transposed = node.op_type == "Gemm" and bool(node.attr("transB", 0))
-    return Layer(node.name, node.op_type, weight, activation, transposed)
+    return Layer(node_key(node), node.op_type, weight, activation, transposed)
 
 
 def find_layers(model: Model) -> tuple[list[Layer], dict[str, str]]:
@@ -76,5 +84,5 @@ def find_layers(model: Model) -> tuple[list[Layer], dict[str, str]]:
         if isinstance(found, Layer):
             layers.append(found)
         else:
-            skipped[node.name] = found
+            skipped[node_key(node)] = found
     return layers, skipped
