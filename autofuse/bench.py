@@ -26,7 +26,9 @@ OP_BY_OP = "op by op"
 TUNED = "autofuse tuned"
 ORT = "onnxruntime"
 ALL = "all"
-ALL_ALGORITHM_LAST = "all, algorithm last"
+# Families that give the same MatMul, Gemm and ConvNHWC nodes different lowerings: a node
+# goes to the first of them in the pipeline that matches it.
+LOWERING_FAMILIES = ("algorithm", "blas", "packed")
 
 
 @dataclass(frozen=True)
@@ -183,9 +185,10 @@ def fewer_fires_together(row: BenchRow) -> dict[str, tuple[int, int]]:
     together = row.rewrites.get(ALL)
     if together is None:
         return {}
+    together_variants = {ALL, *(first(f) for f in LOWERING_FAMILIES)}
     fewer = {}
     for family, work in row.rewrites.items():
-        if family in (ALL, ALL_ALGORITHM_LAST):
+        if family in together_variants:
             continue
         for rule, alone in work.fired.items():
             if together.fired.get(rule, 0) < alone:
@@ -223,22 +226,32 @@ def _side_by_side(
     return timings, diffs
 
 
+def first(family: str) -> str:
+    """The name of the `all` variant in which `family` comes first among the lowering families."""
+    return f"all, {family} first"
+
+
 def family_pipelines(families: Mapping[str, RuleSet]) -> dict[str, list[RuleSet]]:
     """The rewrite variants `bench_families` times: each family alone, all of them in
-    pipeline order, and all with algorithm moved last.
+    pipeline order (`all`), and all with each other lowering family moved first.
 
-    In pipeline order algorithm's matmul_weight_nk turns every MatMul with a
-    constant weight into MatMulTransB, which the families after it (blas) do
-    not match; with algorithm last, matmul_blas takes those MatMuls, and
-    conv_nhwc_blas the 3x3 convolutions winograd_3x3 would have taken. Which
-    order wins depends on the model.
+    The lowering families compete for the same nodes: in pipeline order
+    algorithm's matmul_weight_nk turns every MatMul with a constant weight into
+    MatMulTransB, which blas and packed do not match, and blas takes the
+    convolutions packed would. No single order gives each its chance, so each
+    gets one variant in which it comes first (`first(family)`); the tuner
+    chooses between them node by node.
     """
     variants = {family: [rule_set] for family, rule_set in families.items()}
-    if len(families) > 1:
-        variants[ALL] = list(families.values())
-        names = list(families)
-        if "algorithm" in names and names[-1] != "algorithm":
-            variants[ALL_ALGORITHM_LAST] = [families[f] for f in names if f != "algorithm"] + [families["algorithm"]]
+    if len(families) < 2:
+        return variants
+    names = list(families)
+    variants[ALL] = list(families.values())
+    lowering = [f for f in names if f in LOWERING_FAMILIES]
+    for family in lowering[1:]:
+        order = [f for f in names if f != family]
+        order.insert(order.index(lowering[0]), family)
+        variants[first(family)] = [families[f] for f in order]
     return variants
 
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from autofuse.api import rule_families
-from autofuse.bench import ALL, ALL_ALGORITHM_LAST, ORT, XLA, family_pipelines
+from autofuse.bench import ALL, LOWERING_FAMILIES, ORT, XLA, family_pipelines, first
 from autofuse.cli import main
 from conftest import make_model
 
@@ -35,26 +35,31 @@ def conv_net_path(tmp_path):
     return path
 
 
-def test_family_pipelines_time_each_family_alone_then_all_then_algorithm_last():
+def test_family_pipelines_time_each_family_alone_then_all_then_each_lowering_first():
     families = rule_families()
     variants = family_pipelines(families)
     assert list(variants)[:len(families)] == list(families)
     assert all(variants[f] == [families[f]] for f in families)
     assert variants[ALL] == list(families.values())
-    last = variants[ALL_ALGORITHM_LAST]
-    assert last[-1] is families["algorithm"] and set(map(id, last)) == set(map(id, families.values()))
-    assert ALL_ALGORITHM_LAST not in family_pipelines({"folding": families["folding"],
-                                                      "algorithm": families["algorithm"]})
+    lowering = [f for f in families if f in LOWERING_FAMILIES]
+    assert len(lowering) > 1 and first(lowering[0]) not in variants
+    for family in lowering[1:]:
+        order = [next(f for f in families if families[f] is s) for s in variants[first(family)]]
+        assert sorted(order) == sorted(families)
+        assert [f for f in order if f in LOWERING_FAMILIES][0] == family
+        assert [f for f in order if f not in LOWERING_FAMILIES] == [f for f in families if f not in LOWERING_FAMILIES]
+    assert list(family_pipelines({"folding": families["folding"], "algorithm": families["algorithm"]})) == [
+        "folding", "algorithm", ALL]
 
 
 def test_bench_families_prints_every_family_with_ratios(conv_net_path, capsys):
     assert main(["bench", str(conv_net_path), "--families", "--seconds", "0.05"]) == 0
     rows = {}
     for line in capsys.readouterr().out.splitlines():
-        for name in [XLA, *rule_families(), ALL, ALL_ALGORITHM_LAST, ORT]:
+        for name in [XLA, *rule_families(), ALL, first("blas"), ORT]:
             if f" {name} " in line and name not in rows:
                 rows[name] = line
-    assert set(rows) == {XLA, *rule_families(), ALL, ALL_ALGORITHM_LAST, ORT}
+    assert set(rows) == {XLA, *rule_families(), ALL, first("blas"), ORT}
     # algebraic finds nothing to do here: the same model as XLA's default, not timed twice.
     assert f"same model as {XLA}" in rows["algebraic"]
     for name in (XLA, "folding", "layout", ALL, ORT):
@@ -73,8 +78,8 @@ def test_bench_families_json_has_work_removed_ratios_and_agreement(conv_net_path
     assert rewrites["algebraic"]["same_as"] == XLA and "algebraic" not in row["median_ms"]
     assert rewrites["blas"]["fired"].get("matmul_blas") == 1
     assert "matmul_blas" not in rewrites[ALL]["fired"], "algorithm's matmul_weight_nk takes the MatMul first"
-    assert rewrites[ALL_ALGORITHM_LAST]["fired"].get("matmul_blas") == 1
-    for name in (XLA, "folding", ALL, ALL_ALGORITHM_LAST):
+    assert rewrites[first("blas")]["fired"].get("matmul_blas") == 1
+    for name in (XLA, "folding", ALL, first("blas")):
         assert row["ratio_to_ort"][name] > 0 and row["ratio_to_xla"][name] > 0
         assert row["max_rel_diff"][name] < 1e-4
     assert row["ratio_to_xla"][XLA] == 1.0
