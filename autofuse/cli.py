@@ -171,7 +171,7 @@ def format_tune_result(result: Any) -> str:
         xla = result.median_ms.get("XLA default")
         ort = result.median_ms.get("onnxruntime")
         for name, ms in result.median_ms.items():
-            lines.append(f"{name:<20} {ms:>8.2f} ms {f'{xla / ms:.2f}x faster' if xla else '-':>15} "
+            lines.append(f"{name:<20} {ms:>8.3f} ms {f'{xla / ms:.2f}x faster' if xla else '-':>15} "
                          f"{f'{ms / ort:.2f} (ratio)' if ort else '-':>15}")
         if result.max_rel_diff is not None:
             against = "the pruned model run densely" if result.choices.sparsity else "onnxruntime"
@@ -192,7 +192,8 @@ def format_budget(result: Any, shown: int = 20) -> list[str]:
         cost = f"relative output error {v.rel_error:.3g}"
         if v.accuracy_drop is not None:
             cost += (f", top-1 {100 * v.accuracy_original:.2f}% -> {100 * v.accuracy_sparse:.2f}% "
-                     f"(drop {100 * v.accuracy_drop:.2f} points)")
+                     f"(drop {100 * v.accuracy_drop:.2f} points; {100 * v.broken:.2f}% of samples lose a "
+                     "correct answer)")
         lines.append(f"accuracy budget {result.budget}: {len(result.choices.sparsity)} sparse layers ({levels}); "
                      f"{cost} on {result.accuracy_on}")
     else:

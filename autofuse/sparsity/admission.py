@@ -11,6 +11,9 @@ The tuner never prunes on its own; with an `AccuracyBudget` it goes through:
 2. `admit`: each prunable MatMul/Gemm layer at each candidate level is pruned
    *alone* and the whole model checked against the budget; the levels inside it
    are the layer's search options, the rest are refusals with what they cost.
+   An accuracy budget gives no credit for fixes: it limits the share of check
+   samples that lose a correct top-1 answer, an upper bound of the drop that a
+   small calibration set cannot satisfy by luck.
    One compiled executable serves every variant (the weights are its arguments).
 3. The search measures the admitted levels as `node:<i>/sparsity` decisions.
 4. `enforce`: the assembled model, every chosen sparse layer together and run as
@@ -167,7 +170,7 @@ class Refusal:
 
 
 def _cost(verdict: BudgetVerdict) -> tuple[float, float]:
-    return (verdict.accuracy_drop or 0.0, verdict.rel_error)
+    return (verdict.broken or 0.0, verdict.rel_error)
 
 
 @dataclass
@@ -201,9 +204,10 @@ class Admission:
         return Model(model.graph, weights, model.source)
 
     def judge(self, actual: list[np.ndarray]) -> BudgetVerdict:
-        """The budget's verdict on outputs computed on the check samples."""
+        """The budget's verdict on outputs computed on the check samples (no credit for fixes)."""
         return judge(self.expected, actual, max_rel_error=self.budget.max_rel_error,
-                     max_accuracy_drop=self.budget.max_accuracy_drop, labels=self.calibration.labels)
+                     max_accuracy_drop=self.budget.max_accuracy_drop, labels=self.calibration.labels,
+                     credit_fixes=False)
 
 
 def admit(model: Model, budget: AccuracyBudget, calib: Calibration, patterns: Sequence[str] = DEFAULT_PATTERNS,

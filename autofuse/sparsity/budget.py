@@ -7,6 +7,10 @@ them. Two limits, either or both:
   ||original|| over all outputs and samples;
 * `max_accuracy_drop`: the fall in top-1 accuracy against `labels` (argmax of
   the first output over its last axis), as a fraction: 0.01 is one point.
+  With `credit_fixes=False` (the tuner's gate) the limit applies to the share of
+  samples that lose a correct answer, which bounds the drop from above: on a
+  small calibration set, samples the sparse model happens to fix cannot pay for
+  the ones it breaks.
 
 The verdict carries every figure it measured, so a tuner can log why it refused.
 `AccuracyBudget` is the same pair of limits as a value (`parse_budget("acc:0.01")`),
@@ -81,6 +85,7 @@ class BudgetVerdict:
     accuracy_original: float | None = None
     accuracy_sparse: float | None = None
     reason: str = ""
+    broken: float | None = None  # share of samples right before and wrong after (>= the accuracy drop)
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -130,21 +135,29 @@ def judge(
     max_rel_error: float | None = None,
     max_accuracy_drop: float | None = None,
     labels: np.ndarray | None = None,
+    credit_fixes: bool = True,
 ) -> BudgetVerdict:
     """The verdict on outputs already computed (original, then sparse), e.g. many sparse
-    variants against one run of the original."""
+    variants against one run of the original. `credit_fixes=False` holds the samples
+    that lose a correct answer to `max_accuracy_drop`, not the net drop."""
     if max_accuracy_drop is not None and labels is None:
         raise BudgetError("max_accuracy_drop needs labels for the calibration inputs")
     error = relative_l2_error(expected, actual)
-    acc_original = acc_sparse = None
+    acc_original = acc_sparse = broken = None
     if labels is not None:
-        acc_original = top1_accuracy(expected[0], labels)
-        acc_sparse = top1_accuracy(actual[0], labels)
+        right_before = np.argmax(expected[0], axis=-1) == np.asarray(labels)
+        right_after = np.argmax(actual[0], axis=-1) == np.asarray(labels)
+        acc_original, acc_sparse = float(np.mean(right_before)), float(np.mean(right_after))
+        broken = float(np.mean(right_before & ~right_after))
     reasons = []
     if max_rel_error is not None and error > max_rel_error:
         reasons.append(f"relative output error {error:.3g} exceeds {max_rel_error:.3g}")
-    if max_accuracy_drop is not None and acc_original - acc_sparse > max_accuracy_drop:
-        reasons.append(f"accuracy drops {100 * (acc_original - acc_sparse):.2f} points "
-                       f"({100 * acc_original:.2f}% -> {100 * acc_sparse:.2f}%), more than "
+    accuracy = f"{100 * acc_original:.2f}% -> {100 * acc_sparse:.2f}%" if labels is not None else ""
+    if max_accuracy_drop is not None and credit_fixes and acc_original - acc_sparse > max_accuracy_drop:
+        reasons.append(f"accuracy drops {100 * (acc_original - acc_sparse):.2f} points ({accuracy}), more than "
                        f"{100 * max_accuracy_drop:.2f}")
-    return BudgetVerdict(not reasons, error, acc_original, acc_sparse, "; ".join(reasons))
+    if max_accuracy_drop is not None and not credit_fixes and broken > max_accuracy_drop:
+        lost = int(round(broken * len(right_before)))
+        reasons.append(f"{lost} of {len(right_before)} samples ({100 * broken:.2f}%) lose a correct top-1 answer, "
+                       f"more than {100 * max_accuracy_drop:.2f}% (accuracy {accuracy})")
+    return BudgetVerdict(not reasons, error, acc_original, acc_sparse, "; ".join(reasons), broken)
