@@ -4,7 +4,8 @@ The kernel (`kernels/gemm.cc`) multiplies by a weight packed once, when the
 model is rewritten (`pack_weight`): 32-column panels, each K rows of 32
 contiguous floats. A convolution gathers its patch rows while packing
 (implicit im2col), so no patch matrix is ever written. Bias, a residual
-addition and ReLU are applied as each output tile is stored.
+addition and a clamp to [lo, hi] (ReLU: lo=0; ReLU6: lo=0, hi=6) are applied
+as each output tile is stored.
 
 `gemm` and `conv_nhwc` are traceable. On CPU, for float32, they call the
 kernel when it builds here (`kernel_targets()`); elsewhere, or when it does
@@ -72,11 +73,20 @@ def unavailable_reason() -> str | None:
     return _binding()[1]
 
 
-def _epilogue(y: jax.Array, bias: jax.Array, residual: jax.Array | None, relu: bool) -> jax.Array:
+INF = float("inf")
+
+
+def _epilogue(y: jax.Array, bias: jax.Array, residual: jax.Array | None, lo: float, hi: float) -> jax.Array:
     y = y + bias
     if residual is not None:
         y = y + residual
-    return jnp.maximum(y, 0) if relu else y
+    if lo > -INF:
+        y = jnp.maximum(y, lo)
+    return jnp.minimum(y, hi) if hi < INF else y
+
+
+def _clamp(lo: float, hi: float) -> dict:
+    return {"lo": np.float32(lo), "hi": np.float32(hi)}
 
 
 def _use_kernel(*operands: jax.Array | None) -> bool:
@@ -84,8 +94,8 @@ def _use_kernel(*operands: jax.Array | None) -> bool:
 
 
 def gemm(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, residual: jax.Array | None = None,
-         relu: bool = False) -> jax.Array:
-    """x (..., K) @ W (K, n) + bias (n,) [+ residual (..., n)] [then ReLU], W packed by `pack_weight`."""
+         lo: float = -INF, hi: float = INF) -> jax.Array:
+    """x (..., K) @ W (K, n) + bias (n,) [+ residual (..., n)], clamped to [lo, hi]; W packed by `pack_weight`."""
     if wp.ndim != 3 or wp.shape[1] != x.shape[-1] or wp.shape[0] != -(-n // PANEL):
         raise AutofuseError(f"gemm: x {tuple(x.shape)} does not multiply the packed weight {tuple(wp.shape)} (N={n})")
     lead = x.shape[:-1]
@@ -94,7 +104,7 @@ def gemm(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, residual: jax.
     r2 = None if residual is None else jnp.broadcast_to(residual, lead + (n,)).reshape((-1, n))
 
     def xla(x2, wp, bias, *r):
-        return _epilogue(jnp.matmul(x2, unpack_weight(wp, n)), bias, r[0] if r else None, relu)
+        return _epilogue(jnp.matmul(x2, unpack_weight(wp, n)), bias, r[0] if r else None, lo, hi)
 
     operands = (x2, wp, bias) + ((r2,) if r2 is not None else ())
     if not _use_kernel(*operands):
@@ -102,7 +112,7 @@ def gemm(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, residual: jax.
 
     def kernel(*args):
         out = jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32)
-        return jax.ffi.ffi_call(GEMM_TARGET, out)(*args, relu=bool(relu))
+        return jax.ffi.ffi_call(GEMM_TARGET, out)(*args, **_clamp(lo, hi))
 
     y = jax.lax.platform_dependent(*operands, cpu=kernel, default=xla)
     return y.reshape(lead + (n,))
@@ -120,7 +130,7 @@ def conv_output_shape(x_shape: Sequence[int], kernel: Sequence[int], strides: Se
 def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: Sequence[int],
               strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
               dilations: Sequence[int] = (1, 1), residual: jax.Array | None = None,
-              relu: bool = False) -> jax.Array:
+              lo: float = -INF, hi: float = INF) -> jax.Array:
     """NHWC convolution (group 1) of x (B, H, W, C) by a (kh, kw, C, n) kernel packed as (kh*kw*C, n)."""
     kh, kw = (int(v) for v in kernel)
     c = x.shape[-1]
@@ -138,7 +148,7 @@ def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: S
         y = jax.lax.conv_general_dilated(
             x, w, tuple(int(s) for s in strides), ((int(pads[0]), int(pads[2])), (int(pads[1]), int(pads[3]))),
             rhs_dilation=tuple(int(d) for d in dilations), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return _epilogue(y, bias, rest[0] if rest else None, relu)
+        return _epilogue(y, bias, rest[0] if rest else None, lo, hi)
 
     operands = (x, wp, bias) + ((r,) if r is not None else ())
     if not _use_kernel(*operands):
@@ -149,6 +159,6 @@ def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: S
         return jax.ffi.ffi_call(CONV_TARGET, out)(
             *args, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(strides[0]), sw=np.int64(strides[1]),
             ph=np.int64(pads[0]), pw=np.int64(pads[1]), dh=np.int64(dilations[0]), dw=np.int64(dilations[1]),
-            relu=bool(relu))
+            **_clamp(lo, hi))
 
     return jax.lax.platform_dependent(*operands, cpu=call, default=xla)

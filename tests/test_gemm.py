@@ -22,10 +22,10 @@ def _rng(seed=0):
     return np.random.default_rng(seed)
 
 
-def _matmul_reference(x, w, b, r, relu):
+def _matmul_reference(x, w, b, r, lo, hi):
     y = x.astype(np.float64) @ w.astype(np.float64) + b
     y = y if r is None else y + r
-    return np.maximum(y, 0) if relu else y
+    return np.clip(y, lo, hi)
 
 
 @pytest.mark.parametrize("k, n", [(7, 3), (300, 33), (16, 64), (1, 1), (513, 100)])
@@ -40,25 +40,25 @@ def test_pack_and_unpack_are_inverse(k, n):
 @pytest.mark.parametrize("lead, k, n", [((5,), 7, 3), ((2, 3), 16, 9), ((13,), 300, 33), ((0,), 4, 3),
                                         ((130,), 260, 70), ((2, 1, 25), 513, 65), ((600,), 40, 31)])
 @pytest.mark.parametrize("residual", [False, True])
-@pytest.mark.parametrize("relu", [False, True])
-def test_gemm_kernel_equals_the_dot(kernel, lead, k, n, residual, relu):
+@pytest.mark.parametrize("lo, hi", [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-np.inf, -0.5)])
+def test_gemm_kernel_equals_the_dot(kernel, lead, k, n, residual, lo, hi):
     rng = _rng(k)
     x, w = rng.standard_normal((*lead, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
     b, r = rng.standard_normal(n).astype(np.float32), rng.standard_normal((*lead, n)).astype(np.float32)
     r = r if residual else None
-    run = jax.jit(lambda x, wp, b, *r: gemm.gemm(x, wp, b, n, residual=r[0] if r else None, relu=relu))
+    run = jax.jit(lambda x, wp, b, *r: gemm.gemm(x, wp, b, n, residual=r[0] if r else None, lo=lo, hi=hi))
     got = np.asarray(run(x, gemm.pack_weight(w), b, *(() if r is None else (r,))))
     assert got.shape == (*lead, n)
-    np.testing.assert_allclose(got, _matmul_reference(x, w, b, r, relu), rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    np.testing.assert_allclose(got, _matmul_reference(x, w, b, r, lo, hi), rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
-def _conv_reference(x, w, b, strides, pads, dilations, r, relu):
+def _conv_reference(x, w, b, strides, pads, dilations, r):
     y = jax.lax.conv_general_dilated(
         x, w, strides, ((pads[0], pads[2]), (pads[1], pads[3])), rhs_dilation=dilations,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
     y = np.asarray(y, np.float64) + b
     y = y if r is None else y + r
-    return np.maximum(y, 0) if relu else y
+    return np.maximum(y, 0)
 
 
 @pytest.mark.parametrize("x_shape, kernel_hw, n, strides, pads, dilations", [
@@ -80,11 +80,18 @@ def test_conv_kernel_equals_xla(kernel, x_shape, kernel_hw, n, strides, pads, di
 
     def run(x, wp, b, *r):
         return gemm.conv_nhwc(x, wp, b, n, kernel=kernel_hw, strides=strides, pads=pads, dilations=dilations,
-                              residual=r[0] if r else None, relu=True)
+                              residual=r[0] if r else None, lo=0.0)
 
     got = np.asarray(jax.jit(run)(x, gemm.pack_weight(w.reshape(-1, n)), b, *(() if r is None else (r,))))
-    expected = _conv_reference(x, w, b, strides, pads, dilations, r, True)
+    expected = _conv_reference(x, w, b, strides, pads, dilations, r)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_nan_propagates_through_the_clamp(kernel):
+    x = np.full((3, 4), np.nan, np.float32)
+    wp, b = gemm.pack_weight(np.ones((4, 2), np.float32)), np.zeros(2, np.float32)
+    got = np.asarray(jax.jit(lambda x, wp, b: gemm.gemm(x, wp, b, 2, lo=0.0, hi=6.0))(x, wp, b))
+    assert np.isnan(got).all()
 
 
 def test_xla_form_is_used_when_asked(monkeypatch, kernel):
@@ -103,7 +110,7 @@ def test_kernel_calls_are_single_custom_calls_and_export(kernel):
     b = np.zeros(8, np.float32)
 
     def model(x, wp, b):
-        y = gemm.conv_nhwc(x, wp, b, 8, kernel=(3, 3), pads=(1, 1, 1, 1), relu=True)
+        y = gemm.conv_nhwc(x, wp, b, 8, kernel=(3, 3), pads=(1, 1, 1, 1), lo=0.0)
         return gemm.gemm(y, gemm.pack_weight(np.eye(8, dtype=np.float32)), b, 8, residual=y)
 
     hlo = jax.jit(model).lower(x, gemm.pack_weight(w), b).as_text()

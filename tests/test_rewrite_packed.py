@@ -120,7 +120,7 @@ def test_bias_and_relu_fold_into_one_call(bias_shape):
     result = rewrite(model, PACKED)
     assert result.fired == {"matmul_packed": 1, "packed_bias": 1, "packed_relu": 1}
     (node,) = result.model.graph.nodes
-    assert node.op_type == "PackedMatMul" and len(node.inputs) == 3 and node.attr("relu") == 1
+    assert node.op_type == "PackedMatMul" and len(node.inputs) == 3 and node.attr("lo") == 0.0
     assert_equivalent(model, result.model)
 
 
@@ -138,7 +138,7 @@ def test_residual_add_and_relu_fold_into_the_product(join):
     result = rewrite(model, PACKED)
     assert result.fired == {"matmul_packed": 2, "packed_relu": 2, "packed_residual": 1}
     last = result.model.graph.nodes[-1]
-    assert last.op_type == "PackedMatMul" and last.inputs[3] == "x" and last.attr("relu") == 1
+    assert last.op_type == "PackedMatMul" and last.inputs[3] == "x" and last.attr("lo") == 0.0
     assert_equivalent(model, result.model)
 
 
@@ -153,12 +153,50 @@ def test_epilogues_decline_with_reasons():
              helper.make_node("Add", ["r", "x"], ["y"])]
     after_relu = tiny(nodes, {"x": [4, 6]}, ["y"], {"w": rng_array(6, 6)})
     result = rewrite(after_relu, PACKED)
-    assert result.declined["packed_residual"] == {"the PackedMatMul applies ReLU before the Add": 1}
+    assert result.declined["packed_residual"] == {"the PackedMatMul clamps before the Add": 1}
     assert_equivalent(after_relu, result.model)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "v"], ["y"])]
     broadcast = tiny(nodes, {"x": [4, 6], "v": [1, 6]}, ["y"], {"w": rng_array(6, 6)})
     assert rewrite(broadcast, PACKED).declined["packed_residual"] == {
         "the residual is not shaped like the product": 1}
+
+
+def clamped(*clamps, opset=13):
+    nodes, value = [helper.make_node("MatMul", ["x", "w"], ["v0"])], "v0"
+    weights = {"w": rng_array(6, 40) * 4}
+    for i, (op, lo, hi) in enumerate(clamps):
+        inputs = [value]
+        if op == "Clip":
+            for name, bound in (("lo", lo), ("hi", hi)):
+                if bound is not None:
+                    weights[f"{name}{i}"] = np.float32(bound)
+                inputs.append(f"{name}{i}" if bound is not None else "")
+        value = f"v{i + 1}"
+        nodes.append(helper.make_node(op, inputs, [value]))
+    nodes.append(helper.make_node("Identity", [value], ["y"]))
+    return tiny(nodes, {"x": [9, 6]}, ["y"], weights)
+
+
+@pytest.mark.parametrize("clamps, lo, hi", [
+    ([("Clip", 0.0, 6.0)], 0.0, 6.0),                      # ReLU6
+    ([("Clip", None, 2.0)], None, 2.0),                    # an upper bound only
+    ([("Relu", None, None), ("Clip", -1.0, 3.0)], 0.0, 3.0),  # clamps compose
+    ([("Relu", None, None), ("Relu", None, None)], 0.0, None),
+])
+def test_relu_and_clip_fold_into_one_clamp(clamps, lo, hi):
+    model = clamped(*clamps)
+    result = rewrite(model, PACKED)
+    (node, _) = result.model.graph.nodes
+    assert node.op_type == "PackedMatMul" and node.attr("lo", None) == lo and node.attr("hi", None) == hi
+    assert_equivalent(model, result.model)
+
+
+def test_clip_declines_runtime_and_disjoint_bounds():
+    disjoint = rewrite(clamped(("Clip", 0.0, 1.0), ("Clip", 2.0, 3.0)), PACKED)
+    assert disjoint.fired["packed_clip"] == 1 and disjoint.declined["packed_clip"] == {"the clamps do not overlap": 1}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Clip", ["mm", "m"], ["y"])]
+    runtime = tiny(nodes, {"x": [3, 6], "m": []}, ["y"], {"w": rng_array(6, 4)})
+    assert rewrite(runtime, PACKED).declined["packed_clip"] == {"the Clip min is not a constant scalar": 1}
 
 
 # ---------------------------------------------------------------- sets, alternatives, a small CNN

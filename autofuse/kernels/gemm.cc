@@ -6,7 +6,8 @@
 //                     residual? f32 [B, OH, OW, N] -> y f32 [B, OH, OW, N]
 //                     attributes: kh, kw, sh, sw, ph, pw, dh, dw (top/left padding; the
 //                     output shape fixes the rest)
-//   both              attribute relu: y = max(y, 0) after the bias and the residual
+//   both              attributes lo, hi: y = min(max(y, lo), hi) after the bias and the residual
+//                     (ReLU is lo = 0, hi = inf; ReLU6 lo = 0, hi = 6; NaN stays NaN)
 //
 // The weight is packed once, when the model is rewritten: P = ceil(N / 32) panels of
 // 32 output columns, each K rows of 32 contiguous floats, zero-padded past N. A
@@ -26,11 +27,13 @@
 // plain C++ loops (correct, not fast).
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
-#include <thread>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -49,18 +52,19 @@ constexpr int64_t kKC = 256;  // reduction block
 constexpr int64_t kNC = 1024;  // column block (a multiple of kNR)
 constexpr int64_t kMinParallelMacs = 1 << 17;
 constexpr int64_t kPartsPerThread = 4;
+constexpr int kSpins = 1000;  // pauses before a waiting caller blocks (tens of microseconds)
 
 // Where the tile's rows come from and where they go.
 struct Epilogue {
   const float* bias;      // [N]
   const float* residual;  // [M, N] or nullptr
-  bool relu;
+  float lo, hi;           // the clamp; -inf and inf when there is none
 };
 
 // C[rows, cols] (+)= Ap[kc][12] @ Bp[kc][32]; rows <= 12, cols <= 32.
 // first: start from the bias (else from C); last: add the residual and apply ReLU.
 void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, int64_t rows, int64_t cols,
-          bool first, bool last, const float* bias, const float* residual, bool relu) {
+          bool first, bool last, const float* bias, const float* residual, float lo, float hi) {
 #if defined(__AVX512F__)
   const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
   const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1);
@@ -88,7 +92,8 @@ void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, i
       acc1[r] = _mm512_fmadd_ps(x, w1, acc1[r]);
     }
   }
-  const __m512 zero = _mm512_setzero_ps();
+  const bool clamp_lo = last && lo > -INFINITY, clamp_hi = last && hi < INFINITY;
+  const __m512 low = _mm512_set1_ps(lo), high = _mm512_set1_ps(hi);
 #pragma GCC unroll 12
   for (int r = 0; r < kMR; ++r) {
     if (r >= rows) break;
@@ -97,7 +102,9 @@ void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, i
       y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, residual + r * ldc));
       y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, residual + r * ldc + 16));
     }
-    if (last && relu) y0 = _mm512_max_ps(y0, zero), y1 = _mm512_max_ps(y1, zero);
+    // max/min return their second operand when one is NaN: NaN propagates, as in XLA.
+    if (clamp_lo) y0 = _mm512_max_ps(low, y0), y1 = _mm512_max_ps(low, y1);
+    if (clamp_hi) y0 = _mm512_min_ps(high, y0), y1 = _mm512_min_ps(high, y1);
     _mm512_mask_storeu_ps(c + r * ldc, m0, y0);
     _mm512_mask_storeu_ps(c + r * ldc + 16, m1, y1);
   }
@@ -112,7 +119,8 @@ void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, i
     for (int64_t j = 0; j < cols; ++j) {
       float y = acc[j];
       if (last && residual != nullptr) y += residual[r * ldc + j];
-      if (last && relu) y = std::max(y, 0.0f);
+      if (last && !(y >= lo)) y = y != y ? y : lo;
+      if (last && !(y <= hi)) y = y != y ? y : hi;
       c[r * ldc + j] = y;
     }
   }
@@ -222,7 +230,7 @@ struct Problem {
             const float* bp = wp + (jr / kNR) * k * kNR + pc * kNR;
             const float* residual = epilogue.residual ? epilogue.residual + ic * n + jr : nullptr;
             Tile(ap, bp, kc, c + ic * n + jr, n, count, std::min(kNR, n - jr), first, last, epilogue.bias + jr,
-                 residual, epilogue.relu);
+                 residual, epilogue.lo, epilogue.hi);
           }
         }
         if (k == 0) break;
@@ -251,12 +259,30 @@ struct Work {
   int64_t parts;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable finished;
 
   void Drain() {
     for (int64_t i = next.fetch_add(1); i < parts; i = next.fetch_add(1)) {
       p.Run(Piece(p, by_rows, i, parts));
-      done.fetch_add(1, std::memory_order_release);
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == parts) {
+        std::lock_guard<std::mutex> lock(mutex);
+        finished.notify_all();
+      }
     }
+  }
+
+  // Spins briefly (the other parts usually end together), then blocks: on shared
+  // cores a caller spinning longer takes the time the thread finishing a part needs.
+  void Wait() {
+    for (int spin = 0; spin < kSpins; ++spin) {
+      if (done.load(std::memory_order_acquire) >= parts) return;
+#if defined(__AVX512F__)
+      _mm_pause();
+#endif
+    }
+    std::unique_lock<std::mutex> lock(mutex);
+    finished.wait(lock, [this] { return done.load(std::memory_order_acquire) >= parts; });
   }
 };
 
@@ -278,7 +304,7 @@ void Execute(ffi::ThreadPool& pool, const P& problem) {
   work->parts = parts;
   for (int64_t t = 1; t < std::min(workers, parts); ++t) pool.Schedule([work] { work->Drain(); });
   work->Drain();
-  while (work->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+  work->Wait();
 }
 
 ffi::Error CheckWeight(ffi::Buffer<ffi::F32>& w, ffi::Buffer<ffi::F32>& bias, int64_t k, int64_t n, const char* op) {
@@ -293,7 +319,8 @@ ffi::Error CheckWeight(ffi::Buffer<ffi::F32>& w, ffi::Buffer<ffi::F32>& bias, in
 }
 
 ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
-                    std::optional<ffi::Buffer<ffi::F32>> residual, ffi::ResultBuffer<ffi::F32> y, bool relu) {
+                    std::optional<ffi::Buffer<ffi::F32>> residual, ffi::ResultBuffer<ffi::F32> y, float lo,
+                    float hi) {
   const auto xd = x.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0]) {
     return ffi::Error::InvalidArgument("AutofuseGemm: x must be [M, K] and y [M, N]");
@@ -305,7 +332,7 @@ ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   }
   Problem<MatrixRows> problem{{x.typed_data(), k},
                               w.typed_data(),
-                              {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, relu},
+                              {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, lo, hi},
                               y->typed_data(),
                               m,
                               k,
@@ -316,7 +343,7 @@ ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
 
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
                     std::optional<ffi::Buffer<ffi::F32>> residual, ffi::ResultBuffer<ffi::F32> y, int64_t kh,
-                    int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, bool relu) {
+                    int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, float lo, float hi) {
   const auto xd = x.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0]) {
     return ffi::Error::InvalidArgument("AutofuseConvNHWC: x must be [B, H, W, C] and y [B, OH, OW, N]");
@@ -331,7 +358,7 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   }
   Problem<PatchRows> problem{{x.typed_data(), xd[1], xd[2], xd[3], yd[1], yd[2], kw, sh, sw, ph, pw, dh, dw},
                              w.typed_data(),
-                             {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, relu},
+                             {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, lo, hi},
                              y->typed_data(),
                              m,
                              k,
@@ -350,7 +377,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseGemm, GemmImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .OptionalArg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<bool>("relu"));
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseConvNHWC, ConvImpl,
                               ffi::Ffi::Bind()
@@ -368,4 +396,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseConvNHWC, ConvImpl,
                                   .Attr<int64_t>("pw")
                                   .Attr<int64_t>("dh")
                                   .Attr<int64_t>("dw")
-                                  .Attr<bool>("relu"));
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));

@@ -4,10 +4,11 @@ Only the rules of `autofuse.rewrite.packed` put them into a model; their weight
 is packed there, once (`autofuse.gemm.pack_weight`):
 
 * `PackedMatMul(x, wp, bias, residual?)`: x (..., K) @ W (K, n) + bias (n,)
-  [+ residual (..., n)], then ReLU when `relu` is 1; attribute `n`.
+  [+ residual (..., n)], clamped to [`lo`, `hi`] (float attributes, default
+  -inf and inf: ReLU is lo=0); attribute `n`.
 * `PackedConvNHWC(x, wp, bias, residual?)`: a group-1 NHWC convolution by a
   (kh, kw, C, n) kernel; attributes `n`, `kernel_shape`, `strides`, `dilations`,
-  `pads` (top, left, bottom, right) and `relu`, with the same epilogue.
+  `pads` (top, left, bottom, right), `lo` and `hi`, with the same epilogue.
 """
 from __future__ import annotations
 
@@ -31,11 +32,15 @@ def _ints(value: Any, default: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in value) if value else tuple(default)
 
 
+def _clamp(ctx: Ctx) -> dict[str, float]:
+    return {"lo": float(ctx.attr("lo", -math.inf)), "hi": float(ctx.attr("hi", math.inf))}
+
+
 @op("PackedMatMul", mapping=MANY_TO_MANY, domain=DOMAIN, flops=_flops)
 def packed_matmul(ctx: Ctx, x, wp, bias, residual=None):
     from autofuse.gemm import gemm
 
-    return gemm(x, wp, bias, int(ctx.attr("n")), residual=residual, relu=bool(ctx.attr("relu", 0)))
+    return gemm(x, wp, bias, int(ctx.attr("n")), residual=residual, **_clamp(ctx))
 
 
 @op("PackedConvNHWC", mapping=MANY_TO_MANY, domain=DOMAIN, flops=_flops)
@@ -44,5 +49,4 @@ def packed_conv_nhwc(ctx: Ctx, x, wp, bias, residual=None):
 
     return conv_nhwc(x, wp, bias, int(ctx.attr("n")), kernel=_ints(ctx.attr("kernel_shape"), ()),
                      strides=_ints(ctx.attr("strides"), (1, 1)), pads=_ints(ctx.attr("pads"), (0, 0, 0, 0)),
-                     dilations=_ints(ctx.attr("dilations"), (1, 1)), residual=residual,
-                     relu=bool(ctx.attr("relu", 0)))
+                     dilations=_ints(ctx.attr("dilations"), (1, 1)), residual=residual, **_clamp(ctx))

@@ -13,12 +13,15 @@ Epilogues folded into a packed op that feeds them alone (`PACKED_EPILOGUE`):
 
 * `packed_bias`: Add(P, b) (or a two-input Sum) with a constant per-column b -> P with b added to its bias.
 * `packed_residual`: Add(P, r) (or a two-input Sum) with a computed r of P's shape -> P adding r as it stores.
-* `packed_relu`: Relu(P) -> P with relu=1.
+* `packed_relu`: Relu(P) -> P clamped below at 0.
+* `packed_clip`: Clip(P, min, max) with constant bounds (ReLU6) -> P clamped to them.
 
 `PACKED` is the whole-model family (`--rewrite ...,packed`); `PACKED_RULES` and
 `PACKED_ALTERNATIVES` are the per-op choices for the tuner.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -71,7 +74,7 @@ def _packed(op_type: str, x: str, w: np.ndarray, bias: np.ndarray, outputs: tupl
             view: View, **attrs) -> Replacement:
     """A packed op computing x by the (K, N) weight `w` plus `bias`, with fresh weight names."""
     wp, b = view.fresh(f"{name or 'packed'}_wp"), view.fresh(f"{name or 'packed'}_bias")
-    node = Node(op_type, (x, wp, b), outputs, _attrs(n=int(w.shape[1]), relu=0, **attrs), DOMAIN, name)
+    node = Node(op_type, (x, wp, b), outputs, _attrs(n=int(w.shape[1]), **attrs), DOMAIN, name)
     return Replacement(nodes=(node,), tensors={wp: pack_weight(w), b: np.asarray(bias, np.float32)})
 
 
@@ -172,9 +175,13 @@ def _other(packed: Node, add: Node) -> str:
     return add.inputs[1] if add.inputs[0] == packed.outputs[0] else add.inputs[0]
 
 
+def _clamped(node: Node) -> bool:
+    return node.attr("lo", None) is not None or node.attr("hi", None) is not None
+
+
 def _epilogue_decline(packed: Node, consumer: Node, view: View) -> str | None:
-    if packed.attr("relu", 0):
-        return f"the {packed.op_type} applies ReLU before the {consumer.op_type}"
+    if _clamped(packed) and consumer.op_type not in ("Relu", "Clip"):
+        return f"the {packed.op_type} clamps before the {consumer.op_type}"
     return view.only_feeds(packed, consumer)
 
 
@@ -225,27 +232,56 @@ def _fold_residual(m: Match, view: View) -> Replacement:
                                              outputs=add.outputs),))
 
 
-def _match_relu(node: Node, view: View) -> Match | None:
-    packed = _producer(node.inputs[0], view)
+def _match_clamp(node: Node, view: View) -> Match | None:
+    packed = _producer(node.inputs[0], view) if node.inputs else None
     return (packed, node) if packed is not None else None
 
 
-def _check_relu(m: Match, view: View) -> str | None:
-    packed, relu = m
-    return _epilogue_decline(packed, relu, view)
+def _bounds(clamp: Node, view: View) -> tuple[float, float] | str:
+    """[lo, hi] of a Relu or Clip (bounds from inputs, or attributes before opset 11); else why not."""
+    if clamp.op_type == "Relu":
+        return 0.0, math.inf
+    bounds = []
+    for index, name, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+        if len(clamp.inputs) > index and clamp.inputs[index]:
+            value = view.tensor(clamp.inputs[index])
+            if value is None or np.size(value) != 1:
+                return f"the Clip {name} is not a constant scalar"
+            bounds.append(float(np.asarray(value).reshape(())))
+        else:
+            bounds.append(float(clamp.attr(name, default)))
+    return bounds[0], bounds[1]
 
 
-def _fold_relu(m: Match, view: View) -> Replacement:
-    packed, relu = m
-    attrs = tuple(sorted({**dict(packed.attrs), "relu": 1}.items()))
-    return Replacement(nodes=(packed.replace(outputs=relu.outputs, attrs=attrs),))
+def _merged(packed: Node, clamp: Node, view: View) -> tuple[float, float] | str:
+    bounds = _bounds(clamp, view)
+    if isinstance(bounds, str):
+        return bounds
+    lo = max(float(packed.attr("lo", -math.inf)), bounds[0])
+    hi = min(float(packed.attr("hi", math.inf)), bounds[1])
+    return (lo, hi) if lo <= hi else "the clamps do not overlap"
+
+
+def _check_clamp(m: Match, view: View) -> str | None:
+    packed, clamp = m
+    merged = _merged(packed, clamp, view)
+    return merged if isinstance(merged, str) else _epilogue_decline(packed, clamp, view)
+
+
+def _fold_clamp(m: Match, view: View) -> Replacement:
+    packed, clamp = m
+    lo, hi = _merged(packed, clamp, view)
+    attrs = {k: v for k, v in packed.attrs if k not in ("lo", "hi")}
+    attrs.update({k: v for k, v in (("lo", lo), ("hi", hi)) if math.isfinite(v)})
+    return Replacement(nodes=(packed.replace(outputs=clamp.outputs, attrs=tuple(sorted(attrs.items()))),))
 
 
 # A two-input Sum is an Add (ResNet's zoo export joins its shortcuts with Sum).
 PACKED_BIAS = Rule("packed_bias", FAMILY, frozenset({"Add", "Sum"}), _match_add, _check_bias, _fold_bias)
 PACKED_RESIDUAL = Rule("packed_residual", FAMILY, frozenset({"Add", "Sum"}), _match_add, _check_residual,
                        _fold_residual)
-PACKED_RELU = Rule("packed_relu", FAMILY, frozenset({"Relu"}), _match_relu, _check_relu, _fold_relu)
+PACKED_RELU = Rule("packed_relu", FAMILY, frozenset({"Relu"}), _match_clamp, _check_clamp, _fold_clamp)
+PACKED_CLIP = Rule("packed_clip", FAMILY, frozenset({"Clip"}), _match_clamp, _check_clamp, _fold_clamp)
 
 
 # ---------------------------------------------------------------- rule sets
@@ -258,5 +294,5 @@ PACKED_ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "MatMul": ("matmul_packed",), "Gemm": ("gemm_packed",), "ConvNHWC": ("conv_packed",),
 }
 
-PACKED_EPILOGUE = RuleSet("packed_epilogue", (PACKED_BIAS, PACKED_RESIDUAL, PACKED_RELU))
+PACKED_EPILOGUE = RuleSet("packed_epilogue", (PACKED_BIAS, PACKED_RESIDUAL, PACKED_RELU, PACKED_CLIP))
 PACKED = RuleSet("packed", _CHOICES + PACKED_EPILOGUE.rules)
