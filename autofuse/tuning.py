@@ -43,10 +43,10 @@ from autofuse.search.scheduler import TaskState, next_task
 from autofuse.search.space import (Choices, Space, apply_choices, candidate_key, masked_model, model_choices,
                                    sparsity_decisions, task_choices, task_space)
 from autofuse.search.task import Task, describe_graph, extract_tasks
-from autofuse.sparsity.admission import DEFAULT_PATTERNS, Admission, CalibSource
+from autofuse.sparsity.admission import DEFAULT_PATTERNS, CalibSource
 
 if TYPE_CHECKING:
-    from autofuse.sparsity.admission import Refusal
+    from autofuse.sparsity.admission import Admission, Refusal
     from autofuse.sparsity.budget import AccuracyBudget, BudgetVerdict
 
 # Whole-model rewrite pipelines the search chooses between (rule-family names).
@@ -62,7 +62,7 @@ PIPELINE_DECISION = "global/rewrites"
 # The whole-model contenders of the closing comparison.
 TUNED, ALGORITHMS_ONLY, PIPELINE_ONLY = "autofuse tuned", "algorithm choices only", "rewrites only"
 XLA_DEFAULT, ORT = "XLA default", "onnxruntime"
-DENSE_TUNED = "tuned, dense"  # the tuned decisions without their sparse layers
+DENSE_TUNED = "tuned, dense"  # the best measured choices without sparsity
 # A task keeps its default unless a candidate measured at least this much faster.
 CHOICE_MARGIN = 0.03
 # A tuned model may differ from onnxruntime by at most this (max |diff| / max |reference|).
@@ -313,19 +313,46 @@ def chosen_candidate(state: TaskState, space: Space, margin: float = CHOICE_MARG
     return space.canonical(best)
 
 
-def occurrence_pairs(state: TaskState, space: Space, admission: Admission | None) -> list[tuple[Task, dict]]:
-    """The task's chosen candidate; with sparsity, one per occurrence: the best measured
-    candidate whose sparse levels the budget admitted for that occurrence's own layers."""
-    if admission is None:
+def occurrence_pairs(state: TaskState, space: Space, allows: Callable[[str, str], bool] | None
+                     ) -> list[tuple[Task, dict]]:
+    """The task's chosen candidate; with sparsity (`allows(layer value, pattern)`), one per
+    occurrence: the best measured candidate whose sparse levels are allowed on that
+    occurrence's own layers."""
+    if allows is None:
         return [(state.task, chosen_candidate(state, space))]
     pairs = []
     for occurrence in state.task.occurrences:
         outputs = occurrence.node_outputs
         allowed = {k: (c, t) for k, (c, t) in state.measured.items()
-                   if all(admission.allows(outputs[i], p) for i, p in sparsity_decisions(c).items())}
+                   if all(allows(outputs[i], p) for i, p in sparsity_decisions(c).items())}
         pairs.append((dataclasses.replace(state.task, occurrences=(occurrence,)),
                       chosen_candidate(TaskState(state.task, allowed), space)))
     return pairs
+
+
+def fit_budget(session: _Session, states: Sequence[TaskState], spaces: Mapping[str, Space], base: Model,
+               admission: Admission | None) -> tuple[Choices, Choices | None, BudgetVerdict | None, list[Refusal]]:
+    """The chosen decisions, their sparse layers checked together against the budget (options
+    banned until the assembled model fits); the best choices without sparsity, to time beside
+    them; the verdict on the kept sparse layers; every refusal."""
+    from autofuse.sparsity.admission import enforce
+
+    def choose(allows: Callable[[str, str], bool] | None) -> Choices:
+        return model_choices([p for s in states for p in occurrence_pairs(s, spaces[s.task.key], allows)])
+
+    def allowed(banned: frozenset[tuple[str, str]]) -> Callable[[str, str], bool]:
+        return lambda value, pattern: admission.allows(value, pattern) and (value, pattern) not in banned
+
+    def select(banned: frozenset[tuple[str, str]]) -> tuple[Mapping[str, str], Model, frozenset[str]]:
+        chosen = choose(allowed(banned))
+        return (chosen.sparsity, *apply_choices(admission.pruned(base, chosen.sparsity), chosen))
+
+    choices = choose(admission.allows if admission else None)
+    if not choices.sparsity:
+        return choices, None, None, list(admission.refusals) if admission else []
+    session.report("sparsity", f"checking the {len(choices.sparsity)} chosen sparse layers together")
+    banned, verdict, dropped = enforce(admission, select, report=lambda message: session.report("sparsity", message))
+    return choose(allowed(banned)), choose(lambda value, pattern: False), verdict, admission.refusals + dropped
 
 
 def _task_report(state: TaskState, space: Space, reused: int) -> TaskReport:
@@ -365,13 +392,13 @@ def _onnxruntime_outputs(model: ModelRef, inputs: Mapping[str, np.ndarray]) -> l
 
 def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
            inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray], seconds: float,
-           base: Model | None = None, pruned: Model | None = None) -> None:
+           base: Model | None = None, pruned: Model | None = None, dense: Choices | None = None) -> None:
     """Step 4: the tuned model must match onnxruntime and beat what it was built from;
     times it beside the pipeline alone, XLA's default and onnxruntime (interleaved).
 
     With sparse layers, `pruned` is `base` with their pruned weights: the tuned model must
-    match it run densely (the budget was checked before), and the same decisions without
-    sparsity are timed beside it."""
+    match it run densely (the budget was checked before), and `dense`, the best choices
+    measured without sparsity, is timed beside it."""
     from autofuse.bench import blocking, relative_error
     from autofuse.runners.onnxruntime import baseline_session, run_session
     from autofuse.runners.protocol import compare
@@ -392,8 +419,7 @@ def finish(result: TuneResult, raw: Model, rewritten: Model, model: ModelRef,
         model_only, _ = apply_choices(pruned if result.choices.sparsity else base or rewritten, algorithms_only)
         contenders[ALGORITHMS_ONLY] = blocking(Executable(model_only).compile(), inputs)
         variants[ALGORITHMS_ONLY] = (model_only, algorithms_only, frozenset())
-    if result.choices.sparsity:
-        dense = Choices(result.choices.algorithms, result.choices.splits)
+    if result.choices.sparsity and dense is not None:
         dense_model, dense_barriers = apply_choices(base or rewritten, dense)
         contenders[DENSE_TUNED] = blocking(Executable(dense_model, barriers=dense_barriers).compile(), inputs)
         variants[DENSE_TUNED] = (dense_model, dense, dense_barriers)
@@ -443,7 +469,7 @@ def tune(
     labelled `calib` data, or an AccuracyBudget): each MatMul/Gemm layer may then
     take a level of `sparsity_patterns` that keeps the model inside the budget.
     """
-    from autofuse.sparsity.admission import admit, budget_arguments, calibration, enforce
+    from autofuse.sparsity.admission import admit, budget_arguments, calibration
 
     if trials is not None and trials < 1:
         raise AutofuseError(f"--trials {trials}: must be at least 1")
@@ -481,18 +507,7 @@ def tune(
         states, reused = tune_tasks(session, tasks, round_size=round_size, seed=seed,
                                     reserve_s=30.0 + 4 * compare_seconds, sparsity=levels)
         spaces = {s.task.key: task_space(s.task, sparsity=levels) for s in states}
-        choices = model_choices([p for s in states for p in occurrence_pairs(s, spaces[s.task.key], admission)])
-        verdict, refusals = None, list(admission.refusals) if admission else []
-        if choices.sparsity:
-            session.report("sparsity", f"checking the {len(choices.sparsity)} chosen sparse layers together")
-
-            def assemble(sparsity: Mapping[str, str]) -> tuple[Model, frozenset[str]]:
-                return apply_choices(admission.pruned(base, sparsity), dataclasses.replace(choices, sparsity=sparsity))
-
-            kept, verdict, dropped = enforce(admission, choices.sparsity, assemble,
-                                             report=lambda message: session.report("sparsity", message))
-            refusals += dropped
-            choices = dataclasses.replace(choices, sparsity=kept)
+        choices, dense, verdict, refusals = fit_budget(session, states, spaces, base, admission)
         pruned = admission.pruned(base, choices.sparsity) if choices.sparsity else None
         tuned, barriers = apply_choices(pruned or base, choices)
         reports = [_task_report(s, spaces[s.task.key], reused.get(s.task.key, 0)) for s in states]
@@ -500,7 +515,8 @@ def tune(
                             session.measurements, session.reused - reused_at_start, budget=budget,
                             accuracy_on=calib_data.origin if calib_data else "", refusals=refusals)
         session.report("compare", "checking the tuned model against onnxruntime and timing it")
-        finish(result, raw, rewritten, model, inputs, reference, compare_seconds, base=base, pruned=pruned)
+        finish(result, raw, rewritten, model, inputs, reference, compare_seconds, base=base, pruned=pruned,
+               dense=dense)
         result.accuracy = verdict if result.choices.sparsity else None
         return result
     finally:

@@ -136,31 +136,37 @@ def test_each_occurrence_takes_only_the_levels_admitted_for_its_own_layer(tmp_pa
     space = task_space(task, sparsity=admission.levels)
     default, sparse = space.default(), dict(space.default(), **{"node:0/sparsity": "balanced:4/16"})
     state = TaskState(task, {"d": (default, 1.0), "s": (sparse, 0.2)})
-    (first, c0), (second, c1) = occurrence_pairs(state, space, admission)
+    (first, c0), (second, c1) = occurrence_pairs(state, space, admission.allows)
     assert first.occurrences[0].node_outputs[0] == "h0" and c0 == sparse
     assert second.occurrences[0].node_outputs[0] == "h1" and c1 == default
+    assert [c for _, c in occurrence_pairs(state, space, lambda value, pattern: False)] == [default, default]
 
 
-def test_the_assembled_model_is_checked_again_and_the_costliest_layer_goes_back_to_dense(tmp_path):
+def test_the_assembled_model_is_checked_again_and_the_costliest_option_banned(tmp_path):
     raw = autofuse.import_onnx(mlp(tmp_path / "mlp.onnx", width=64))
     calib = calibration(raw, parse_budget("rel:10"), None)
     loose = admit(raw, parse_budget("rel:10"), calib, ["balanced:2/16"])
     alone = {value: option.verdict.rel_error for (value, _), option in loose.options.items()}
     assert set(alone) == {"h0", "h1"}
 
-    def assemble(sparsity):
-        return apply_choices(loose.pruned(raw, sparsity), Choices(sparsity=dict(sparsity)))
+    def selector(admission):
+        def select(banned):  # both layers sparse, less what is banned
+            sparsity = {v: "balanced:2/16" for v in ("h0", "h1") if (v, "balanced:2/16") not in banned}
+            return (sparsity, *apply_choices(admission.pruned(raw, sparsity), Choices(sparsity=sparsity)))
+        return select
 
-    both = {"h0": "balanced:2/16", "h1": "balanced:2/16"}
-    together = enforce(loose, both, assemble)[1].rel_error
+    banned, verdict, refusals = enforce(loose, selector(loose))
+    assert banned == frozenset() and refusals == []
+    together = verdict.rel_error
     assert together > max(alone.values())
     # A budget each layer meets alone but the two together do not.
     limit = (max(alone.values()) + together) / 2
     tight = admit(raw, AccuracyBudget(limit), calib, ["balanced:2/16"])
     assert tight.refusals == [] and set(tight.levels) == {"h0", "h1"}
-    kept, verdict, refusals = enforce(tight, both, assemble)
+    banned, verdict, refusals = enforce(tight, selector(tight))
     costliest = max(alone, key=alone.get)
-    assert set(kept) == {"h0", "h1"} - {costliest} and verdict.ok and verdict.rel_error <= limit
+    assert banned == {(costliest, "balanced:2/16")} and verdict.ok and verdict.rel_error <= limit
+    assert verdict.rel_error == pytest.approx(min(alone.values()), rel=1e-3)  # the other layer alone, as admitted
     assert len(refusals) == 1 and refusals[0].together and refusals[0].node == f"mm{costliest[-1]}"
     assert refusals[0].verdict.rel_error == pytest.approx(together)
     assert "with the other chosen sparse layers: relative output error" in str(refusals[0])

@@ -18,8 +18,9 @@ The tuner never prunes on its own; with an `AccuracyBudget` it goes through:
 3. The search measures the admitted levels as `node:<i>/sparsity` decisions.
 4. `enforce`: the assembled model, every chosen sparse layer together and run as
    it will ship (SparseMatMul kernels, the other decisions applied), is checked
-   once more; while it breaks the budget, the chosen layer that cost most alone
-   goes back to dense, each such drop a refusal too.
+   once more; while it breaks the budget, the chosen option that cost most alone
+   is banned (a refusal too) and the selection made again without it, so that
+   layer takes its next best measured candidate (another level, or dense).
 """
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ DEFAULT_PATTERNS = ("balanced:8/16", "balanced:4/16", "balanced:2/16")
 RANDOM_SAMPLES = 16
 
 CalibSource = str | os.PathLike | Mapping[str, np.ndarray]
-# Builds the model as it would ship with only these layers sparse (value -> pattern): model, barriers.
-Assemble = Callable[[Mapping[str, str]], tuple[Model, frozenset[str]]]
+# The tuner's selection with some (layer value, pattern) options banned: the sparse layers it
+# chose (value -> pattern) and the model as it would ship with them, with its barriers.
+Select = Callable[[frozenset[tuple[str, str]]], tuple[Mapping[str, str], Model, frozenset[str]]]
 Report = Callable[[str], None]
 
 
@@ -243,26 +245,30 @@ def admit(model: Model, budget: AccuracyBudget, calib: Calibration, patterns: Se
     return admission
 
 
-def enforce(admission: Admission, sparsity: Mapping[str, str], assemble: Assemble,
-            report: Report | None = None) -> tuple[dict[str, str], BudgetVerdict | None, list[Refusal]]:
-    """The chosen sparse layers that fit the budget together: the assembled model is checked and,
-    while it breaks the budget, the layer that cost most alone goes back to dense.
+def enforce(admission: Admission, select: Select, report: Report | None = None
+            ) -> tuple[frozenset[tuple[str, str]], BudgetVerdict | None, list[Refusal]]:
+    """Bans options until the selection, assembled as it ships, fits the budget: while it
+    does not, the chosen option that cost most alone is banned and the selection made again.
 
-    Returns the layers kept (value -> pattern), the verdict on the model with them (None when
-    none is left) and a refusal per layer dropped.
+    Returns the banned (value, pattern) options, the verdict on the final selection (None
+    when it has no sparse layer left) and a refusal per banned option.
     """
-    kept = {v: p for v, p in sparsity.items() if admission.allows(v, p)}
+    banned: set[tuple[str, str]] = set()
     refusals: list[Refusal] = []
-    while kept:
-        model, barriers = assemble(kept)
+    while True:
+        sparsity, model, barriers = select(frozenset(banned))
+        if not sparsity:
+            return frozenset(banned), None, refusals
+        unknown = [item for item in sparsity.items() if item not in admission.options]
+        if unknown:
+            raise AutofuseError(f"sparsity {unknown[0][1]} on {unknown[0][0]} was never admitted by the budget")
         executable = Executable(model, barriers=barriers).compile()
         verdict = admission.judge(run_batched(model, admission.calibration.check, executable=executable))
         if verdict.ok:
-            return kept, verdict, refusals
-        worst = max(kept.items(), key=lambda item: _cost(admission.options[item].verdict))
+            return frozenset(banned), verdict, refusals
+        worst = max(sparsity.items(), key=lambda item: _cost(admission.options[item].verdict))
         option = admission.options[worst]
+        banned.add(worst)
         refusals.append(Refusal(option.node, option.pattern, verdict, together=True))
         if report:
             report(str(refusals[-1]))
-        del kept[worst[0]]
-    return kept, None, refusals
