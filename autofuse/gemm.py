@@ -1,8 +1,9 @@
 """autofuse's own GEMM: products and NHWC convolutions with a pre-packed weight, as FFI kernels.
 
 The kernel (`kernels/gemm.cc`) multiplies by a weight packed once, when the
-model is rewritten (`pack_weight`): 32-column panels, each K rows of 32
-contiguous floats. A convolution gathers its patch rows while packing
+model is rewritten (`pack_weight`): 32-column panels, stored block by block of
+`BLOCK` reduction rows (panel after panel within a block), so that what one
+block of the product reads is one contiguous stream. A convolution gathers its patch rows while packing
 (implicit im2col), so no patch matrix is ever written. Bias, a residual
 addition and a clamp to [lo, hi] (ReLU: lo=0; ReLU6: lo=0, hi=6) are applied
 as each output tile is stored.
@@ -26,28 +27,50 @@ from autofuse import native
 from autofuse.errors import AutofuseError
 
 PANEL = 32
+BLOCK = 256  # the kernel's reduction block, kKC in kernels/gemm.cc
 SOURCE = "gemm.cc"
 GEMM_TARGET = "autofuse_gemm"
 CONV_TARGET = "autofuse_conv_nhwc"
 HANDLERS = {GEMM_TARGET: "AutofuseGemm", CONV_TARGET: "AutofuseConvNHWC"}
 
 
+def panels(n: int) -> int:
+    """How many 32-column panels hold n columns."""
+    return -(-int(n) // PANEL)
+
+
 def pack_weight(w: np.ndarray) -> np.ndarray:
-    """(K, N) weight -> (ceil(N/32), K, 32) panels, zero-padded past N, float32."""
+    """(K, N) weight -> the kernel's flat layout of K * ceil(N/32) * 32 floats (zero-padded past N).
+
+    For each block of `BLOCK` rows of K (the last may be shorter): its panels
+    one after the other, each the block's rows of 32 contiguous columns.
+    """
     w = np.asarray(w, np.float32)
     if w.ndim != 2:
         raise AutofuseError(f"pack_weight: a 2-D (K, N) weight is needed, got shape {list(w.shape)}")
     k, n = w.shape
-    panels = -(-n // PANEL)
-    padded = np.zeros((k, panels * PANEL), np.float32)
+    padded = np.zeros((k, panels(n) * PANEL), np.float32)
     padded[:, :n] = w
-    return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2))
+    blocks = [padded[start:start + BLOCK].reshape(-1, panels(n), PANEL).transpose(1, 0, 2).ravel()
+              for start in range(0, k, BLOCK)]
+    return np.ascontiguousarray(np.concatenate(blocks) if blocks else np.zeros(0, np.float32))
 
 
-def unpack_weight(wp: jax.Array, n: int) -> jax.Array:
-    """The (K, N) weight of packed panels (the inverse of `pack_weight`, traceable)."""
-    panels, k, _ = wp.shape
-    return jnp.transpose(wp, (1, 0, 2)).reshape(k, panels * PANEL)[:, :n]
+def unpack_weight(wp: jax.Array, k: int, n: int) -> jax.Array:
+    """The (K, N) weight of a packed one (the inverse of `pack_weight`, traceable)."""
+    width = panels(n) * PANEL
+    blocks = []
+    for start in range(0, k, BLOCK):
+        rows = min(BLOCK, k - start)
+        block = wp[start * width:(start + rows) * width].reshape(panels(n), rows, PANEL)
+        blocks.append(jnp.transpose(block, (1, 0, 2)).reshape(rows, width))
+    return (jnp.concatenate(blocks) if blocks else jnp.zeros((0, width), wp.dtype))[:, :n]
+
+
+def _check_packed(what: str, wp: jax.Array, k: int, n: int) -> None:
+    if wp.ndim != 1 or wp.shape[0] != k * panels(n) * PANEL:
+        raise AutofuseError(f"{what}: the packed weight holds {wp.size} floats, K={k} and N={n} "
+                            f"need {k * panels(n) * PANEL}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,15 +119,14 @@ def _use_kernel(*operands: jax.Array | None) -> bool:
 def gemm(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, residual: jax.Array | None = None,
          lo: float = -INF, hi: float = INF) -> jax.Array:
     """x (..., K) @ W (K, n) + bias (n,) [+ residual (..., n)], clamped to [lo, hi]; W packed by `pack_weight`."""
-    if wp.ndim != 3 or wp.shape[1] != x.shape[-1] or wp.shape[0] != -(-n // PANEL):
-        raise AutofuseError(f"gemm: x {tuple(x.shape)} does not multiply the packed weight {tuple(wp.shape)} (N={n})")
+    _check_packed(f"gemm of x {tuple(x.shape)}", wp, x.shape[-1], n)
     lead = x.shape[:-1]
     x2 = x.reshape((-1, x.shape[-1]))
     bias = bias.reshape((n,))
     r2 = None if residual is None else jnp.broadcast_to(residual, lead + (n,)).reshape((-1, n))
 
     def xla(x2, wp, bias, *r):
-        return _epilogue(jnp.matmul(x2, unpack_weight(wp, n)), bias, r[0] if r else None, lo, hi)
+        return _epilogue(jnp.matmul(x2, unpack_weight(wp, x2.shape[1], n)), bias, r[0] if r else None, lo, hi)
 
     operands = (x2, wp, bias) + ((r2,) if r2 is not None else ())
     if not _use_kernel(*operands):
@@ -134,9 +156,9 @@ def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: S
     """NHWC convolution (group 1) of x (B, H, W, C) by a (kh, kw, C, n) kernel packed as (kh*kw*C, n)."""
     kh, kw = (int(v) for v in kernel)
     c = x.shape[-1]
-    if x.ndim != 4 or wp.ndim != 3 or wp.shape[1] != kh * kw * c or wp.shape[0] != -(-n // PANEL):
-        raise AutofuseError(f"conv_nhwc: x {tuple(x.shape)} does not match the packed {kh}x{kw} kernel "
-                            f"{tuple(wp.shape)} (N={n})")
+    if x.ndim != 4:
+        raise AutofuseError(f"conv_nhwc: x {tuple(x.shape)} is not NHWC")
+    _check_packed(f"conv_nhwc of x {tuple(x.shape)} by a {kh}x{kw} kernel", wp, kh * kw * c, n)
     shape = conv_output_shape(x.shape, (kh, kw), strides, pads, dilations, n)
     if min(shape) <= 0:
         raise AutofuseError(f"conv_nhwc: the window does not fit the input {tuple(x.shape)}")
@@ -144,7 +166,7 @@ def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: S
     r = None if residual is None else jnp.broadcast_to(residual, shape)
 
     def xla(x, wp, bias, *rest):
-        w = unpack_weight(wp, n).reshape(kh, kw, c, n)
+        w = unpack_weight(wp, kh * kw * c, n).reshape(kh, kw, c, n)
         y = jax.lax.conv_general_dilated(
             x, w, tuple(int(s) for s in strides), ((int(pads[0]), int(pads[2])), (int(pads[1]), int(pads[3]))),
             rhs_dilation=tuple(int(d) for d in dilations), dimension_numbers=("NHWC", "HWIO", "NHWC"))

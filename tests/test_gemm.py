@@ -32,9 +32,18 @@ def _matmul_reference(x, w, b, r, lo, hi):
 def test_pack_and_unpack_are_inverse(k, n):
     w = _rng().standard_normal((k, n)).astype(np.float32)
     packed = gemm.pack_weight(w)
-    assert packed.shape == (-(-n // 32), k, 32)
-    assert np.all(packed.transpose(1, 0, 2).reshape(k, -1)[:, n:] == 0)
-    np.testing.assert_array_equal(np.asarray(gemm.unpack_weight(packed, n)), w)
+    assert packed.shape == (k * gemm.panels(n) * 32,)
+    assert np.count_nonzero(packed) == np.count_nonzero(w)  # the padding is zeros
+    np.testing.assert_array_equal(np.asarray(gemm.unpack_weight(packed, k, n)), w)
+
+
+def test_a_block_of_the_packed_weight_is_contiguous():
+    k, n = 600, 70
+    w = np.arange(k * n, dtype=np.float32).reshape(k, n)
+    packed = gemm.pack_weight(w)
+    width = gemm.panels(n) * 32
+    second_block_panel_1 = packed[256 * width + 256 * 32:256 * width + 2 * 256 * 32].reshape(256, 32)
+    np.testing.assert_array_equal(second_block_panel_1, w[256:512, 32:64])
 
 
 @pytest.mark.parametrize("lead, k, n", [((5,), 7, 3), ((2, 3), 16, 9), ((13,), 300, 33), ((0,), 4, 3),
@@ -124,7 +133,7 @@ def test_kernel_calls_are_single_custom_calls_and_export(kernel):
 
 
 def test_bad_operands_are_named():
-    with pytest.raises(AutofuseError, match="does not multiply the packed weight"):
+    with pytest.raises(AutofuseError, match=r"gemm of x \(2, 5\): the packed weight holds 128 floats, K=5 and N=3 need 160"):
         gemm.gemm(np.zeros((2, 5), np.float32), gemm.pack_weight(np.zeros((4, 3), np.float32)), np.zeros(3), 3)
     with pytest.raises(AutofuseError, match="2-D"):
         gemm.pack_weight(np.zeros((2, 3, 4), np.float32))

@@ -1,16 +1,20 @@
 // Matrix products and NHWC convolutions with a pre-packed constant weight, as XLA FFI
 // custom calls (CPU): autofuse's own GEMM, with bias, residual add and ReLU fused.
 //
-//   AutofuseGemm      x f32 [M, K], w f32 [P, K, 32], bias f32 [N], residual? f32 [M, N] -> y f32 [M, N]
-//   AutofuseConvNHWC  x f32 [B, H, W, C], w f32 [P, KH*KW*C, 32], bias f32 [N],
+//   AutofuseGemm      x f32 [M, K], w f32 [K * P * 32], bias f32 [N], residual? f32 [M, N] -> y f32 [M, N]
+//   AutofuseConvNHWC  x f32 [B, H, W, C], w f32 [K * P * 32] (K = KH*KW*C), bias f32 [N],
 //                     residual? f32 [B, OH, OW, N] -> y f32 [B, OH, OW, N]
 //                     attributes: kh, kw, sh, sw, ph, pw, dh, dw (top/left padding; the
 //                     output shape fixes the rest)
 //   both              attributes lo, hi: y = min(max(y, lo), hi) after the bias and the residual
 //                     (ReLU is lo = 0, hi = inf; ReLU6 lo = 0, hi = 6; NaN stays NaN)
 //
-// The weight is packed once, when the model is rewritten: P = ceil(N / 32) panels of
-// 32 output columns, each K rows of 32 contiguous floats, zero-padded past N. A
+// The weight is packed once, when the model is rewritten (autofuse/gemm.py, pack_weight):
+// P = ceil(N / 32) panels of 32 output columns, zero-padded past N, stored block by
+// block of kKC reduction rows: within a block, panel after panel, each kc rows of 32
+// contiguous floats. So the weight a block of the product reads is one contiguous
+// stream, which the hardware prefetchers follow from memory (weights are usually cold:
+// a model's weights do not fit the caches). A
 // convolution is a GEMM whose rows are output pixels and whose reduction runs over
 // (kh, kw, c): its rows of "A" are gathered from the input while packing (implicit
 // im2col), so the patch matrix is never written to memory.
@@ -48,8 +52,9 @@ namespace {
 
 constexpr int64_t kMR = 12;   // rows per register tile
 constexpr int64_t kNR = 32;   // columns per panel (two zmm)
-constexpr int64_t kKC = 256;  // reduction block
+constexpr int64_t kKC = 256;  // reduction block (autofuse/gemm.py packs weights with the same)
 constexpr int64_t kNC = 1024;  // column block (a multiple of kNR)
+constexpr int64_t kPrefetchRows = 32;  // weight rows fetched ahead (4 KiB, ~ a memory latency of work)
 constexpr int64_t kMinParallelMacs = 1 << 17;
 constexpr int64_t kPartsPerThread = 4;
 constexpr int kSpins = 1000;  // pauses before a waiting caller blocks (tens of microseconds)
@@ -83,6 +88,9 @@ void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, i
   }
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kc; ++k) {
+    // The weight streams from memory the first time a block is used: ask for it ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(bp + (k + kPrefetchRows) * kNR), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(bp + (k + kPrefetchRows) * kNR + 16), _MM_HINT_T0);
     const __m512 w0 = _mm512_loadu_ps(bp + k * kNR), w1 = _mm512_loadu_ps(bp + k * kNR + 16);
     const float* a = ap + k;
 #pragma GCC unroll 12
@@ -209,7 +217,7 @@ struct Part {
 template <typename Rows>
 struct Problem {
   Rows rows;
-  const float* wp;  // [P, K, 32]
+  const float* wp;  // packed, see the top of the file
   Epilogue epilogue;
   float* c;
   int64_t m, k, n;
@@ -218,6 +226,7 @@ struct Problem {
     thread_local std::vector<float, std::allocator<float>> buffer;
     if (buffer.size() < static_cast<size_t>(kKC * kMR + 16)) buffer.resize(kKC * kMR + 16);
     float* ap = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+    const int64_t panels = (n + kNR - 1) / kNR;
     for (int64_t jc = part.n0; jc < part.n1; jc += kNC) {
       const int64_t jend = std::min(part.n1, jc + kNC);
       for (int64_t pc = 0; pc < k || pc == 0; pc += kKC) {
@@ -227,7 +236,7 @@ struct Problem {
           const int64_t count = std::min(kMR, part.m1 - ic);
           rows.Pack(ap, ic, count, pc, kc);
           for (int64_t jr = jc; jr < jend; jr += kNR) {
-            const float* bp = wp + (jr / kNR) * k * kNR + pc * kNR;
+            const float* bp = wp + pc * panels * kNR + (jr / kNR) * kc * kNR;
             const float* residual = epilogue.residual ? epilogue.residual + ic * n + jr : nullptr;
             Tile(ap, bp, kc, c + ic * n + jr, n, count, std::min(kNR, n - jr), first, last, epilogue.bias + jr,
                  residual, epilogue.lo, epilogue.hi);
@@ -309,8 +318,8 @@ void Execute(ffi::ThreadPool& pool, const P& problem) {
 
 ffi::Error CheckWeight(ffi::Buffer<ffi::F32>& w, ffi::Buffer<ffi::F32>& bias, int64_t k, int64_t n, const char* op) {
   const auto wd = w.dimensions();
-  if (wd.size() != 3 || wd[2] != kNR || wd[1] != k || wd[0] != (n + kNR - 1) / kNR) {
-    return ffi::Error::InvalidArgument(std::string(op) + ": the packed weight must be [ceil(N/32), K, 32]");
+  if (wd.size() != 1 || wd[0] != k * ((n + kNR - 1) / kNR) * kNR) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": the packed weight must hold K * ceil(N/32) * 32 floats");
   }
   if (bias.element_count() != static_cast<size_t>(n)) {
     return ffi::Error::InvalidArgument(std::string(op) + ": the bias must hold N elements");

@@ -21,11 +21,12 @@ DOMAIN = "autofuse"
 
 
 def _flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:
-    """2 * output elements * reduction length (K of the packed weight)."""
+    """2 * output elements * reduction length (the packed weight holds K * 32 floats per panel)."""
     w, y = (inputs[1] if len(inputs) > 1 else None), (outputs[0] if outputs else None)
-    if w is None or y is None or not w.is_static or not y.is_static:
+    if w is None or y is None or not w.is_static or not y.is_static or not y.shape:
         return 0.0
-    return 2.0 * math.prod(y.shape) * int(w.shape[1])
+    width = 32 * -(-int(y.shape[-1]) // 32)
+    return 2.0 * math.prod(y.shape) * (math.prod(w.shape) / width if width else 0.0)
 
 
 def _ints(value: Any, default: Sequence[int]) -> tuple[int, ...]:
