@@ -62,8 +62,33 @@ def conv_nhwc(ctx: Ctx, x, w, b=None):
     return y if b is None else y + b.astype(y.dtype)
 
 
+# Windows up to this many taps reduce as an elementwise chain of strided slices, which
+# XLA fuses into one loop; its reduce_window on CPU was 8x slower on ResNet-50's 3x3 max pool.
+MAX_SLICED_WINDOW = 16
+
+
+def _sliced_window(x, init, fn, kernel, strides, dilations, pads):
+    """reduce_window as fn over the window's strided slices of the padded input."""
+    padded = lax.pad(x, jnp.asarray(init, x.dtype),
+                     [(0, 0, 0)] + [(int(lo), int(hi), 0) for lo, hi in pads] + [(0, 0, 0)])
+    sizes = padded.shape[1:-1]
+    out = [(size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(sizes, kernel, strides, dilations)]
+    result = None
+    for offsets in np.ndindex(*kernel):
+        starts = [0] + [o * d for o, d in zip(offsets, dilations)] + [0]
+        limits = ([x.shape[0]] + [st + (n - 1) * s + 1 for st, n, s in zip(starts[1:-1], out, strides)]
+                  + [x.shape[-1]])
+        part = lax.slice(padded, starts, limits, [1] + list(strides) + [1])
+        result = part if result is None else fn(result, part)
+    return result
+
+
 def _reduce_window_nhwc(x, init, fn, kernel, strides, dilations, pads):
     """reduce_window over the spatial dims of an (N, spatial..., C) tensor."""
+    if 0 < math.prod(kernel) <= MAX_SLICED_WINDOW and all(
+            (size + lo + hi - d * (k - 1) - 1) >= 0
+            for size, (lo, hi), k, d in zip(x.shape[1:-1], pads, kernel, dilations)):
+        return _sliced_window(x, init, fn, kernel, strides, dilations, pads)
     return lax.reduce_window(
         x, jnp.asarray(init, x.dtype), fn, (1,) + tuple(kernel) + (1,), (1,) + tuple(strides) + (1,),
         [(0, 0)] + [tuple(p) for p in pads] + [(0, 0)], window_dilation=(1,) + tuple(dilations) + (1,),
