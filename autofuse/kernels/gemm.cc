@@ -66,21 +66,22 @@ struct Epilogue {
   float lo, hi;           // the clamp; -inf and inf when there is none
 };
 
-// C[rows, cols] (+)= Ap[kc][12] @ Bp[kc][32]; rows <= 12, cols <= 32.
-// first: start from the bias (else from C); last: add the residual and apply ReLU.
-void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, int64_t rows, int64_t cols,
-          bool first, bool last, const float* bias, const float* residual, float lo, float hi) {
 #if defined(__AVX512F__)
+// C[rows, cols] (+)= Ap[kc][MR] @ Bp[kc][32] with an MR x 32 register tile; rows <= MR, cols <= 32.
+// first: start from the bias (else from C); last: add the residual and clamp.
+template <int MR>
+void TileRows(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, int64_t rows, int64_t cols,
+              bool first, bool last, const float* bias, const float* residual, float lo, float hi) {
   const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
   const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1);
-  __m512 acc0[kMR], acc1[kMR];
+  __m512 acc0[MR], acc1[MR];
   if (first) {
     const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
 #pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) acc0[r] = b0, acc1[r] = b1;
+    for (int r = 0; r < MR; ++r) acc0[r] = b0, acc1[r] = b1;
   } else {
 #pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
+    for (int r = 0; r < MR; ++r) {
       const float* row = c + (r < rows ? r : 0) * ldc;
       acc0[r] = _mm512_maskz_loadu_ps(m0, row);
       acc1[r] = _mm512_maskz_loadu_ps(m1, row + 16);
@@ -94,7 +95,7 @@ void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, i
     const __m512 w0 = _mm512_loadu_ps(bp + k * kNR), w1 = _mm512_loadu_ps(bp + k * kNR + 16);
     const float* a = ap + k;
 #pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
+    for (int r = 0; r < MR; ++r) {
       const __m512 x = _mm512_set1_ps(a[r * kKC]);
       acc0[r] = _mm512_fmadd_ps(x, w0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(x, w1, acc1[r]);
@@ -103,7 +104,7 @@ void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, i
   const bool clamp_lo = last && lo > -INFINITY, clamp_hi = last && hi < INFINITY;
   const __m512 low = _mm512_set1_ps(lo), high = _mm512_set1_ps(hi);
 #pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
+  for (int r = 0; r < MR; ++r) {
     if (r >= rows) break;
     __m512 y0 = acc0[r], y1 = acc1[r];
     if (last && residual != nullptr) {
@@ -115,6 +116,21 @@ void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, i
     if (clamp_hi) y0 = _mm512_min_ps(high, y0), y1 = _mm512_min_ps(high, y1);
     _mm512_mask_storeu_ps(c + r * ldc, m0, y0);
     _mm512_mask_storeu_ps(c + r * ldc + 16, m1, y1);
+  }
+}
+#endif
+
+// The tile for `rows` (<= 12) rows: the smallest of 4, 8 and 12 that holds them, so
+// that an M such as 49 or 196 wastes at most 3 rows of work.
+void Tile(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, int64_t rows, int64_t cols,
+          bool first, bool last, const float* bias, const float* residual, float lo, float hi) {
+#if defined(__AVX512F__)
+  if (rows > 8) {
+    TileRows<12>(ap, bp, kc, c, ldc, rows, cols, first, last, bias, residual, lo, hi);
+  } else if (rows > 4) {
+    TileRows<8>(ap, bp, kc, c, ldc, rows, cols, first, last, bias, residual, lo, hi);
+  } else {
+    TileRows<4>(ap, bp, kc, c, ldc, rows, cols, first, last, bias, residual, lo, hi);
   }
 #else
   for (int64_t r = 0; r < rows; ++r) {
