@@ -317,7 +317,8 @@ def occurrence_pairs(state: TaskState, space: Space, allows: Callable[[str, str]
                      ) -> list[tuple[Task, dict]]:
     """The task's chosen candidate; with sparsity (`allows(layer value, pattern)`), one per
     occurrence: the best measured candidate whose sparse levels are allowed on that
-    occurrence's own layers."""
+    occurrence's own layers. Accuracy is a cost, so a sparse candidate must also beat the
+    best dense one by `CHOICE_MARGIN`, not only the default."""
     if allows is None:
         return [(state.task, chosen_candidate(state, space))]
     pairs = []
@@ -325,8 +326,14 @@ def occurrence_pairs(state: TaskState, space: Space, allows: Callable[[str, str]
         outputs = occurrence.node_outputs
         allowed = {k: (c, t) for k, (c, t) in state.measured.items()
                    if all(allows(outputs[i], p) for i, p in sparsity_decisions(c).items())}
-        pairs.append((dataclasses.replace(state.task, occurrences=(occurrence,)),
-                      chosen_candidate(TaskState(state.task, allowed), space)))
+        dense = {k: (c, t) for k, (c, t) in allowed.items() if not sparsity_decisions(c)}
+        best = chosen_candidate(TaskState(state.task, allowed), space)
+        if sparsity_decisions(best):
+            best_dense = chosen_candidate(TaskState(state.task, dense), space)
+            dense_s = dense.get(candidate_key(best_dense), (None, None))[1]
+            if dense_s is not None and allowed[candidate_key(best)][1] > dense_s * (1 - CHOICE_MARGIN):
+                best = best_dense
+        pairs.append((dataclasses.replace(state.task, occurrences=(occurrence,)), best))
     return pairs
 
 

@@ -18,7 +18,7 @@ from autofuse.datasets.digits import digits_model, digits_split
 from autofuse.executable import Executable
 from autofuse.runners.local import LocalRunner
 from autofuse.search.scheduler import TaskState
-from autofuse.search.space import Choices, apply_choices, task_space
+from autofuse.search.space import Choices, apply_choices, candidate_key, task_space
 from autofuse.search.task import extract_tasks
 from autofuse.sparsity import native
 from autofuse.sparsity.admission import DEFAULT_PATTERNS, Admission, Option, admit, calibration, enforce
@@ -132,14 +132,20 @@ def test_each_occurrence_takes_only_the_levels_admitted_for_its_own_layer(tmp_pa
     raw = autofuse.import_onnx(mlp(tmp_path / "mlp.onnx", width=32))
     task = extract_tasks(raw)[0]
     assert [o.node_outputs[0] for o in task.occurrences] == ["h0", "h1"]
-    admission = Admission(parse_budget("rel:0.1"), None, [], {("h0", "balanced:4/16"): _option("h0", "balanced:4/16", 0.05)})
+    admitted = {("h0", "balanced:4/16"): _option("h0", "balanced:4/16", 0.05)}
+    admission = Admission(parse_budget("rel:0.1"), None, [], admitted)
     space = task_space(task, sparsity=admission.levels)
     default, sparse = space.default(), dict(space.default(), **{"node:0/sparsity": "balanced:4/16"})
-    state = TaskState(task, {"d": (default, 1.0), "s": (sparse, 0.2)})
+    state = TaskState(task, {candidate_key(default): (default, 1.0), candidate_key(sparse): (sparse, 0.2)})
     (first, c0), (second, c1) = occurrence_pairs(state, space, admission.allows)
     assert first.occurrences[0].node_outputs[0] == "h0" and c0 == sparse
     assert second.occurrences[0].node_outputs[0] == "h1" and c1 == default
     assert [c for _, c in occurrence_pairs(state, space, lambda value, pattern: False)] == [default, default]
+    # A sparse candidate inside the timing noise of the best dense one is not worth its error.
+    blas = dict(default, **{"node:0/algorithm": next(c for c in dict(space.decisions)["node:0/algorithm"]
+                                                      if c != "default")})
+    state.measured[candidate_key(blas)] = (blas, 0.205)
+    assert [c for _, c in occurrence_pairs(state, space, admission.allows)] == [blas, blas]
 
 
 def test_the_assembled_model_is_checked_again_and_the_costliest_option_banned(tmp_path):

@@ -8,6 +8,9 @@
   dense model.
 * accuracy: the digits MLP at 50/75/87.5% for balanced (bank 16) and N:M
   patterns, magnitude pruning with and without the least-squares correction.
+* tuned: artifacts tuned from the digits MLP (`autofuse tune ... -o`), their
+  top-1 on digits test images against onnxruntime on the dense model, and the
+  artifacts and onnxruntime timed side by side at the artifacts' batch size.
 
 Prints markdown tables. Timings are not tests: they depend on the machine.
 """
@@ -132,13 +135,48 @@ def accuracy_table(calib_samples: int = 512) -> list[str]:
     return lines
 
 
+def tuned_table(paths: Sequence[str], images: str, seconds: float) -> list[str]:
+    """Digits artifacts: sparsity kept, top-1 on test images (`odd`: those a calib.npz of the even
+    ones never showed the tuner; `all`), time per batch beside onnxruntime on the dense model."""
+    from autofuse.artifact import load_artifact
+    from autofuse.datasets.digits import digits_model, digits_split
+    from autofuse.runners.onnxruntime import baseline_session, run_session
+    from autofuse.sparsity.budget import top1_accuracy
+
+    split = digits_split()
+    x, y = (split.x_test[1::2], split.y_test[1::2]) if images == "odd" else (split.x_test, split.y_test)
+    tuned = {path: load_artifact(path) for path in paths}
+    batch = next(iter(tuned.values())).manifest["inputs"][0]["shape"][0]
+    padded = np.concatenate([x, np.repeat(x[-1:], -len(x) % batch, axis=0)])
+    session = baseline_session(digits_model())
+    runs = {"onnxruntime (dense)": lambda b: run_session(session, {"x": b})[0]}
+    runs.update({path: (lambda b, t=t: t(b)[0]) for path, t in tuned.items()})
+    one = padded[:batch]
+    timings = compare({name: (lambda run=run: run(one)) for name, run in runs.items()},
+                      rounds=7, warmup=3, min_repeats=20, min_seconds=seconds)
+    lines = [f"{len(y)} test images ({images}), batch {batch}", "",
+             "| model | sparse layers | top-1 | time per batch |", "| --- | --- | --- | --- |"]
+    for name, run in runs.items():
+        out = np.concatenate([run(padded[i:i + batch]) for i in range(0, len(padded), batch)])[:len(x)]
+        sparse = tuned[name].manifest["decisions"].get("sparsity", {}) if name in tuned else {}
+        layers = ", ".join(f"{v}={p}" for v, p in sorted(sparse.items())) or "none"
+        lines.append(f"| {name} | {layers} | {100 * top1_accuracy(out, y):.2f}% | "
+                     f"{timings[name].median_s * 1e6:.1f} us |")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autofuse.sparsity.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--kernels", action="store_true", help="kernel vs dense per shape and batch")
     parser.add_argument("--models", nargs="*", metavar="MODEL", help="end to end (default zoo:bert_base zoo:gpt2)")
     parser.add_argument("--accuracy", action="store_true", help="digits accuracy table")
+    parser.add_argument("--tuned", nargs="+", metavar="AFZ", help="digits artifacts: top-1 and time")
+    parser.add_argument("--images", choices=["odd", "all"], default="odd", help="test images for --tuned")
     parser.add_argument("--seconds", type=float, default=0.5, help="timing budget per contender and table row")
     args = parser.parse_args(argv)
+    if args.tuned:
+        print("\n".join(tuned_table(args.tuned, args.images, 2 * args.seconds)), flush=True)
+        return 0
     everything = not (args.kernels or args.models is not None or args.accuracy)
     if args.accuracy or everything:
         print("\n".join(accuracy_table()) + "\n", flush=True)
