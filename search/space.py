@@ -38,13 +38,15 @@ Candidate = dict[str, str]
 
 
 def choice_rules() -> dict[str, Rule]:
-    """Every per-op lowering alternative the search may choose, by rule name."""
+    """Every per-op lowering alternative the search may choose, by rule name.
+
+    The OpenBLAS forms (`autofuse.rewrite.blas`) are not among them: the packed
+    GEMM does the same products faster, and every extra choice costs measurements.
+    """
     from autofuse.rewrite.algorithm import ALTERNATIVES, RULES
-    from autofuse.rewrite.blas import BLAS_ALTERNATIVES, BLAS_RULES
     from autofuse.rewrite.packed import PACKED_ALTERNATIVES, PACKED_RULES
 
     rules = {name: RULES[name] for names in ALTERNATIVES.values() for name in names}
-    rules.update({name: BLAS_RULES[name] for names in BLAS_ALTERNATIVES.values() for name in names})
     rules.update({name: PACKED_RULES[name] for names in PACKED_ALTERNATIVES.values() for name in names})
     return rules
 
