@@ -56,7 +56,7 @@ PIPELINES: tuple[tuple[str, ...], ...] = (
     ("folding", "layout"),
     ("folding", "algebraic", "layout"),
     ("folding", "algebraic", "layout", "algorithm"),
-    ("folding", "algebraic", "layout", "packed"),
+    ("folding", "algebraic", "layout", "packed", "algorithm"),  # packed first: algorithm keeps what it declines
 )
 PIPELINE_DECISION = "global/rewrites"
 # The whole-model contenders of the closing comparison.
