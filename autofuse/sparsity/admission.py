@@ -242,6 +242,9 @@ def admit(model: Model, budget: AccuracyBudget, calib: Calibration, patterns: Se
                 admission.refusals.append(Refusal(node, str(pattern), verdict))
                 if report:
                     report(str(admission.refusals[-1]))
+    if report and admission.skipped:
+        report(f"{len(admission.skipped)} layer(s) cannot take every level: " + "; ".join(
+            f"{node}: {reason}" for node, reason in list(admission.skipped.items())[:3]))
     return admission
 
 
