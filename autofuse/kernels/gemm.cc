@@ -189,10 +189,20 @@ struct PatchRows {
   const float* x;
   int64_t h, w, c, oh, ow, kw, sh, sw, ph, pw, dh, dw;
 
+  // Copies the absolute reduction range [a, b) of a patch row, clipped to this block
+  // [k0, k0 + kc), from src (the value at a; nullptr: zeros) into the block's row.
+  static void Piece(float* row, int64_t k0, int64_t kc, int64_t a, int64_t b, const float* src) {
+    const int64_t lo = std::max(a, k0), hi = std::min(b, k0 + kc);
+    if (lo < hi) CopyRun(row + (lo - k0), src ? src + (lo - a) : nullptr, hi - lo);
+  }
+
+  // Row r of the block = the window of output pixel m0 + r, reduction range [k0, k0 + kc).
+  // Window row by window row: zeros left of the image, the pixels inside it (one run of
+  // kw*C floats when undilated), zeros right of it; no per-element index arithmetic.
   void Pack(float* ap, int64_t m0, int64_t rows, int64_t k0, int64_t kc) const {
-    // Positions advance incrementally: no division per run, only per call.
     int64_t b = m0 / (oh * ow), oy = (m0 / ow) % oh, ox = m0 % ow;
-    const int64_t ch0 = k0 % c, i0 = (k0 / c) / kw, j0 = (k0 / c) % kw;
+    const int64_t span = kw * c;
+    const int64_t i_first = k0 / span, i_end = kc > 0 ? (k0 + kc - 1) / span + 1 : i_first;
     for (int64_t r = 0; r < kMR; ++r) {
       float* row = ap + r * kKC;
       if (r >= rows) {
@@ -200,23 +210,26 @@ struct PatchRows {
         continue;
       }
       const int64_t y0 = oy * sh - ph, x0 = ox * sw - pw;
-      // Undilated, a window row is contiguous in x from its left edge (or 0) to its right edge (or w).
-      const int64_t j_end = std::min(kw, w - x0);
+      // Window columns inside the image: j in [j_lo, j_hi).
+      const int64_t j_lo = x0 >= 0 ? 0 : std::min(kw, (-x0 + dw - 1) / dw);
+      const int64_t j_hi = std::max(j_lo, x0 >= w ? 0 : std::min(kw, (w - 1 - x0) / dw + 1));
       const float* image = x + b * h * w * c;
-      for (int64_t kk = 0, i = i0, j = j0, ch = ch0; kk < kc;) {
-        const int64_t iy = y0 + i * dh, ix = x0 + j * dw;
-        int64_t run;
-        if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
-          run = std::min(c - ch, kc - kk);
-          CopyRun(row + kk, nullptr, run);
+      for (int64_t i = i_first; i < i_end; ++i) {
+        const int64_t seg = i * span, iy = y0 + i * dh;
+        if (iy < 0 || iy >= h || j_lo == j_hi) {
+          Piece(row, k0, kc, seg, seg + span, nullptr);
+          continue;
+        }
+        const float* line = image + iy * w * c;
+        Piece(row, k0, kc, seg, seg + j_lo * c, nullptr);
+        if (dw == 1) {
+          Piece(row, k0, kc, seg + j_lo * c, seg + j_hi * c, line + (x0 + j_lo) * c);
         } else {
-          run = std::min(dw == 1 ? (j_end - j) * c - ch : c - ch, kc - kk);
-          CopyRun(row + kk, image + (iy * w + ix) * c + ch, run);
+          for (int64_t j = j_lo; j < j_hi; ++j) {
+            Piece(row, k0, kc, seg + j * c, seg + (j + 1) * c, line + (x0 + j * dw) * c);
+          }
         }
-        kk += run;
-        for (ch += run; ch >= c; ch -= c) {
-          if (++j == kw) j = 0, ++i;
-        }
+        Piece(row, k0, kc, seg + j_hi * c, seg + span, nullptr);
       }
       if (++ox == ow) {
         ox = 0;
