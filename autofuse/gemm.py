@@ -11,7 +11,9 @@ as each output tile is stored.
 `gemm` and `conv_nhwc` are traceable. On CPU, for float32, they call the
 kernel when it builds here (`kernel_targets()`); elsewhere, or when it does
 not (no compiler), they are the same computation in XLA ops, so a model using
-them runs everywhere. `AUTOFUSE_GEMM_KERNEL=xla` forces the XLA form.
+them runs everywhere. `AUTOFUSE_GEMM_KERNEL=xla` forces the XLA form;
+`AUTOFUSE_GEMM_THREADS=N` caps the threads one product is split over (default:
+XLA's intra-op threads).
 """
 from __future__ import annotations
 

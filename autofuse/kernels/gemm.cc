@@ -34,6 +34,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -324,11 +325,21 @@ struct Work {
   }
 };
 
+// AUTOFUSE_GEMM_THREADS caps the threads a product is split over (default: XLA's intra-op threads).
+int64_t MaxThreads() {
+  static const int64_t cap = [] {
+    const char* text = std::getenv("AUTOFUSE_GEMM_THREADS");
+    const long long value = text ? std::atoll(text) : 0;
+    return value > 0 ? static_cast<int64_t>(value) : INT64_MAX;
+  }();
+  return cap;
+}
+
 template <typename P>
 void Execute(ffi::ThreadPool& pool, const P& problem) {
   const bool by_rows = problem.m >= problem.n;
   const int64_t blocks = by_rows ? (problem.m + kMR - 1) / kMR : (problem.n + kNR - 1) / kNR;
-  const int64_t workers = pool.num_threads();
+  const int64_t workers = std::min<int64_t>(pool.num_threads(), MaxThreads());
   const int64_t parts = workers > 1 && problem.m * problem.n * problem.k >= kMinParallelMacs
                             ? std::max<int64_t>(1, std::min(kPartsPerThread * workers, blocks))
                             : 1;
