@@ -521,6 +521,9 @@ def tune(
         result = TuneResult(source, tuned, pipeline, choices, barriers, reports,
                             session.measurements, session.reused - reused_at_start, budget=budget,
                             accuracy_on=calib_data.origin if calib_data else "", refusals=refusals)
+        if owns_runner:  # the comparison runs in this process: no idle Ray cluster beside it
+            runner.close()
+            runner = None
         session.report("compare", "checking the tuned model against onnxruntime and timing it")
         finish(result, raw, rewritten, model, inputs, reference, compare_seconds, base=base, pruned=pruned,
                dense=dense)
