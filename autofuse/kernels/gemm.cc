@@ -1,5 +1,5 @@
 // Matrix products and NHWC convolutions with a pre-packed constant weight, as XLA FFI
-// custom calls (CPU): autofuse's own GEMM, with bias, residual add and ReLU fused.
+// custom calls (CPU): autofuse's own GEMM, with bias, residual add and clamp fused.
 //
 //   AutofuseGemm      x f32 [M, K], w f32 [K * P * 32], bias f32 [N], residual? f32 [M, N] -> y f32 [M, N]
 //   AutofuseConvNHWC  x f32 [B, H, W, C], w f32 [K * P * 32] (K = KH*KW*C), bias f32 [N],
@@ -14,16 +14,18 @@
 // block of kKC reduction rows: within a block, panel after panel, each kc rows of 32
 // contiguous floats. So the weight a block of the product reads is one contiguous
 // stream, which the hardware prefetchers follow from memory (weights are usually cold:
-// a model's weights do not fit the caches). A
-// convolution is a GEMM whose rows are output pixels and whose reduction runs over
+// a model's weights do not fit the caches).
+//
+// A convolution is a GEMM whose rows are output pixels and whose reduction runs over
 // (kh, kw, c): its rows of "A" are gathered from the input while packing (implicit
 // im2col), so the patch matrix is never written to memory.
 //
 // Blocking (Goto/BLIS): for every block of NC columns and KC reductions, 12 rows of A
 // are copied into a [12][KC] buffer (it stays in L1; a compile-time row stride lets
-// the twelve broadcasts address it from one pointer) and multiplied with each 32-column panel of
-// the block (KC x NC floats, kept in L2) by a 12x32 register tile: 24 zmm
-// accumulators, two weight loads and twelve broadcasts per step of k. The product is
+// the twelve broadcasts address it from one pointer) and multiplied with each 32-column
+// panel of the block (KC x NC floats, kept in L2) by a 12x32 register tile: 24 zmm
+// accumulators, two weight loads and twelve broadcasts per step of k (a block's last
+// rows take an 8- or 4-row tile when they fit one). The product is
 // cut into parts along M (multiples of 12 rows) or N (multiples of 32 columns),
 // whichever re-reads less, and the parts are handed out from an atomic counter to
 // XLA's intra-op threads and the calling thread, so a thread the OS takes away delays
