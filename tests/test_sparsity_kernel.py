@@ -60,6 +60,13 @@ def test_xla_form_equals_masked_dense(pattern, m):
     _check(pattern, m, 64, 24, "xla")
 
 
+@pytest.mark.parametrize("pattern", ["balanced:4/16", "nm:2:4", "balanced:16/64"])
+@pytest.mark.parametrize("m", [1, 17])
+def test_pallas_kernel_equals_masked_dense(pattern, m):
+    """The GPU kernel, run in Pallas' interpret mode on CPU."""
+    _check(pattern, m, 128, 40, "pallas")
+
+
 def test_kernel_is_a_custom_call_and_batches_keep_their_shape():
     if native.kernel_target() is None:
         pytest.skip(native.unavailable_reason())

@@ -1,7 +1,8 @@
 """x @ W for a compressed balanced-sparse W: the native kernel, or a pure-XLA form.
 
 `sparse_matmul` is traceable (use it under `jax.jit`). On CPU it calls the
-native FFI kernel when it is available (`native.kernel_target()`); elsewhere,
+native FFI kernel when it is available (`native.kernel_target()`); on CUDA GPUs
+the Pallas kernel of `autofuse.sparsity.pallas` (unmeasured: no GPU yet); elsewhere,
 or without a compiler, it uses XLA ops only: gather x at the kept positions and
 contract. That form is correct everywhere but slower than the dense matmul on
 CPU (0.3-0.4x at batch 1, far worse at batch 8 and 32, where the gathered copy
@@ -19,8 +20,9 @@ import numpy as np
 from autofuse.errors import AutofuseError
 from autofuse.sparsity import native
 from autofuse.sparsity.compressed import LANES
+from autofuse.sparsity.pallas import pallas_sparse_matmul
 
-Impl = Literal["auto", "kernel", "xla"]
+Impl = Literal["auto", "kernel", "xla", "pallas"]
 
 
 def gather_form(x2: jax.Array, values: jax.Array, offsets: jax.Array, outputs: int, window: int) -> jax.Array:
@@ -45,6 +47,10 @@ def sparse_matmul(x: jax.Array, values: jax.Array, offsets: jax.Array, *, output
     """x (..., K) @ W (K, outputs), W given by its compressed `values` and `offsets`."""
     lead = x.shape[:-1]
     x2 = x.reshape((-1, x.shape[-1]))
+    if impl == "pallas":  # the GPU kernel, in Pallas' interpret mode where there is no GPU (tests)
+        y = pallas_sparse_matmul(x2, values, offsets, outputs=outputs, window=window,
+                                 interpret=jax.default_backend() == "cpu")
+        return y.reshape(lead + (outputs,))
     target = native.kernel_target() if impl != "xla" and x.dtype == jnp.float32 else None
     if impl == "kernel" and target is None:
         raise AutofuseError(native.unavailable_reason() or "the native sparse kernel needs float32 inputs")
@@ -55,6 +61,7 @@ def sparse_matmul(x: jax.Array, values: jax.Array, offsets: jax.Array, *, output
         y = jax.lax.platform_dependent(
             x2, values, offsets,
             cpu=lambda a, v, o: kernel(a, v, o, outputs, window),
+            cuda=lambda a, v, o: pallas_sparse_matmul(a, v, o, outputs=outputs, window=window),
             default=lambda a, v, o: gather_form(a, v, o, outputs, window),
         )
     return y.reshape(lead + (outputs,))
