@@ -88,8 +88,14 @@ class Executable:
         """The HLO text after XLA's optimisation passes."""
         return self.compile()._compiled.as_text()
 
-    def run_device(self, inputs: Mapping[str, Any]) -> list[jax.Array]:
-        """Runs on the device and returns device arrays (for timing loops)."""
+    def device_weights(self) -> dict[str, jax.Array]:
+        """The weights as placed on the device (the executable's own arguments)."""
+        return self._weights
+
+    def run_device(self, inputs: Mapping[str, Any], weights: Mapping[str, jax.Array] | None = None
+                   ) -> list[jax.Array]:
+        """Runs on the device and returns device arrays (for timing loops); `weights`
+        replaces the executable's own (same names, shapes and dtypes)."""
         self.compile()
         missing = set(self._input_specs) - set(inputs)
         if missing:
@@ -103,7 +109,7 @@ class Executable:
                     f"the model was compiled for {list(spec.shape)}"
                 )
             args[name] = value.astype(spec.dtype, copy=False)
-        return self._compiled(self._weights, args)
+        return self._compiled(self._weights if weights is None else dict(weights), args)
 
     def __call__(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
         """Runs the model; returns its outputs as numpy arrays, in graph order."""

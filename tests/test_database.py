@@ -315,7 +315,8 @@ def test_current_target_fingerprints_this_machine(monkeypatch):
     assert current_target("cpu").key == target.key
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=true")
     flagged = current_target("cpu")
-    assert flagged.xla_flags == "XLA_FLAGS=--xla_cpu_use_onednn=true" and flagged.key != target.key
+    assert flagged.xla_flags == "XLA_FLAGS=--xla_cpu_use_onednn=true measure=cold-weights"
+    assert flagged.key != target.key and target.xla_flags.endswith("measure=cold-weights")
     with pytest.raises(AutofuseError, match="--target tpu"):
         current_target("tpu")
 

@@ -127,3 +127,21 @@ def test_scheduler_gives_every_task_a_round_then_follows_the_latency():
     assert next_task([a, b]) is b
     b.exhausted = True
     assert next_task([a, b]) is None
+
+
+def test_programs_time_with_cold_weights():
+    """Each run of a measured program reads another copy of the weights; the outputs do not change."""
+    from autofuse.search.measure import COLD_BYTES, MAX_WEIGHT_COPIES, CompiledProgram, weight_copies
+
+    assert weight_copies(0) == 1 and weight_copies(COLD_BYTES * 2) == 1
+    assert weight_copies(COLD_BYTES // 4) == 4 and weight_copies(1) == MAX_WEIGHT_COPIES
+    model = _two_blocks()
+    program = CompiledProgram(Executable(model), random_inputs(model, 0), copies=3)
+    assert program.copies == 3
+    seen = []
+    original = program.executable.run_device
+    program.executable.run_device = lambda inputs, weights=None: seen.append(id(weights)) or original(inputs, weights)
+    outputs = [program()[0] for _ in range(4)]
+    assert len(set(seen[:3])) == 3 and seen[3] == seen[0]
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])

@@ -23,12 +23,16 @@ CPU_ISA_FLAGS = (
 )
 # Environment variables, besides XLA_FLAGS, that change how fast compiled code runs.
 PERF_ENV_PREFIXES = ("ONEDNN_", "DNNL_")
-PERF_ENV_NAMES = ("OMP_NUM_THREADS",)
+PERF_ENV_NAMES = ("OMP_NUM_THREADS", "AUTOFUSE_GEMM_THREADS", "AUTOFUSE_GEMM_KERNEL")
+# How candidates are timed (`autofuse.search.measure`): records timed another way are
+# another target, so hot-cache and cold-weight timings never mix.
+MEASURE_PROTOCOL = "cold-weights"
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where records were measured: device, ISA, jax/jaxlib versions and XLA flags."""
+    """Where records were measured: device, ISA, jax/jaxlib versions, and in `xla_flags` the
+    performance environment (XLA_FLAGS, thread settings) and the measurement protocol."""
 
     kind: str
     device: str
@@ -97,4 +101,5 @@ def _perf_env() -> str:
     for name in sorted(os.environ):
         if name in PERF_ENV_NAMES or name.startswith(PERF_ENV_PREFIXES):
             parts.append(f"{name}={os.environ[name]}")
+    parts.append(f"measure={MEASURE_PROTOCOL}")
     return " ".join(parts)
