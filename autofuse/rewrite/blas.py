@@ -35,6 +35,7 @@ from autofuse.ir import Node
 from autofuse.ops.blas import DOMAIN
 from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
 from autofuse.rewrite.transpose import constant_conv_decline
+from autofuse.rewrite.weights import column_bias, float32_decline, weight_decline
 
 FAMILY = "blas"
 OP = "BlasMatMul"
@@ -49,34 +50,6 @@ def _attrs(**values) -> tuple[tuple[str, object], ...]:
     return tuple(sorted(values.items()))
 
 
-def _float32_decline(view: View, value: str, what: str) -> str | None:
-    t = view.type(value)
-    if t is None:
-        return f"{what}'s shape is unknown"
-    return None if t.dtype == "float32" else f"{what} is {t.dtype}, not float32"
-
-
-def _weight_decline(view: View, value: str, what: str = "B") -> str | None:
-    """Why `value` is not a constant float32 2-D weight (None when it is)."""
-    w = view.tensor(value)
-    if w is None:
-        return f"{what} is not constant"
-    if w.ndim != 2:
-        return f"{what} is {w.ndim}-D, not a 2-D weight"
-    return None if w.dtype == np.float32 else f"{what} is {w.dtype}, not float32"
-
-
-def _column_bias(view: View, value: str, columns: int, rank: int) -> np.ndarray | str:
-    """A constant that broadcasts as one value per output column, as (columns,) float32; else why not."""
-    b = view.tensor(value)
-    if b is None:
-        return "the bias is not constant"
-    b = np.asarray(b)
-    if b.ndim > rank or b.size != columns or (b.ndim and b.shape[-1] != columns):
-        return f"the bias of shape {list(b.shape)} is not one value per output column ({columns})"
-    return b.reshape(columns).astype(np.float32)
-
-
 def _blas(inputs: tuple[str, ...], outputs: tuple[str, ...], name: str) -> Node:
     return Node(OP, inputs, outputs, _attrs(relu=0, split=1), DOMAIN, name)
 
@@ -85,7 +58,7 @@ def _blas(inputs: tuple[str, ...], outputs: tuple[str, ...], name: str) -> Node:
 
 def _check_matmul(m: Match, view: View) -> str | None:
     node = m[0]
-    return _weight_decline(view, node.inputs[1]) or _float32_decline(view, node.inputs[0], "A")
+    return weight_decline(view, node.inputs[1]) or float32_decline(view, node.inputs[0], "A")
 
 
 def _matmul(m: Match, view: View) -> Replacement:
@@ -102,11 +75,11 @@ def _check_gemm(m: Match, view: View) -> str | None:
     node = m[0]
     if node.attr("transA", 0):
         return "transA=1: A would need a transpose at run time"
-    reason = _weight_decline(view, node.inputs[1]) or _float32_decline(view, node.inputs[0], "A")
+    reason = weight_decline(view, node.inputs[1]) or float32_decline(view, node.inputs[0], "A")
     if reason or len(node.inputs) < 3 or not node.inputs[2]:
         return reason
     columns = view.tensor(node.inputs[1]).shape[0 if node.attr("transB", 0) else 1]
-    bias = _column_bias(view, node.inputs[2], columns, 2)
+    bias = column_bias(view, node.inputs[2], columns, 2)
     return bias if isinstance(bias, str) else None
 
 
@@ -123,7 +96,7 @@ def _gemm(m: Match, view: View) -> Replacement:
         tensors[inputs[-1]] = np.ascontiguousarray((w.astype(np.float64) * alpha).astype(np.float32))
     if len(node.inputs) > 2 and node.inputs[2]:
         inputs.append(view.fresh(node.inputs[2] + "_bias"))
-        bias = _column_bias(view, node.inputs[2], w.shape[1], 2)
+        bias = column_bias(view, node.inputs[2], w.shape[1], 2)
         tensors[inputs[-1]] = (bias.astype(np.float64) * beta).astype(np.float32)
     return Replacement(nodes=(_blas(tuple(inputs), node.outputs, node.name),), tensors=tensors)
 
@@ -144,7 +117,7 @@ def _check_conv(m: Match, view: View) -> str | None:
         return f"{len(view.shape(conv.inputs[0])) - 2}-D convolution, not 2-D"
     if conv.attr("group", 1) != 1:
         return "grouped convolution"
-    return _float32_decline(view, conv.inputs[0], "the input") or (
+    return float32_decline(view, conv.inputs[0], "the input") or (
         None if view.tensor(conv.inputs[1]).dtype == np.float32 else "the weights are not float32")
 
 
@@ -196,7 +169,7 @@ def _check_bias(m: Match, view: View) -> str | None:
     if y is None or view.shape(add.outputs[0]) != y:
         return "the Add broadcasts beyond the product's shape"
     other = add.inputs[1] if add.inputs[0] == mm.outputs[0] else add.inputs[0]
-    bias = _column_bias(view, other, y[-1], len(y))
+    bias = column_bias(view, other, y[-1], len(y))
     return bias if isinstance(bias, str) else None
 
 
@@ -204,7 +177,7 @@ def _fold_bias(m: Match, view: View) -> Replacement:
     mm, add = m
     other = add.inputs[1] if add.inputs[0] == mm.outputs[0] else add.inputs[0]
     y = view.shape(mm.outputs[0])
-    column = _column_bias(view, other, y[-1], len(y))
+    column = column_bias(view, other, y[-1], len(y))
     if view.tensor(other).shape == column.shape and view.tensor(other).dtype == column.dtype:
         return Replacement(nodes=(mm.replace(inputs=mm.inputs[:2] + (other,), outputs=add.outputs),))
     bias = view.fresh(other + "_col")

@@ -30,6 +30,7 @@ from autofuse.ir import Node
 from autofuse.ops.packed import DOMAIN
 from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
 from autofuse.rewrite.transpose import constant_conv_decline
+from autofuse.rewrite.weights import column_bias, float32_decline, weight_decline
 
 FAMILY = "packed"
 OPS = frozenset({"PackedMatMul", "PackedConvNHWC"})
@@ -41,33 +42,6 @@ def _root(node: Node, view: View) -> Match | None:
 
 def _attrs(**values) -> tuple[tuple[str, object], ...]:
     return tuple(sorted(values.items()))
-
-
-def _float32_decline(view: View, value: str, what: str) -> str | None:
-    t = view.type(value)
-    if t is None:
-        return f"{what}'s shape is unknown"
-    return None if t.dtype == "float32" else f"{what} is {t.dtype}, not float32"
-
-
-def _weight_decline(view: View, value: str, what: str = "B") -> str | None:
-    w = view.tensor(value)
-    if w is None:
-        return f"{what} is not constant"
-    if w.ndim != 2:
-        return f"{what} is {w.ndim}-D, not a 2-D weight"
-    return None if w.dtype == np.float32 else f"{what} is {w.dtype}, not float32"
-
-
-def _column_bias(view: View, value: str, columns: int, rank: int) -> np.ndarray | str:
-    """A constant that broadcasts as one value per output column, as (columns,) float32; else why not."""
-    b = view.tensor(value)
-    if b is None:
-        return "the bias is not constant"
-    b = np.asarray(b)
-    if b.ndim > rank or b.size != columns or (b.ndim and b.shape[-1] != columns):
-        return f"the bias of shape {list(b.shape)} is not one value per output column ({columns})"
-    return b.reshape(columns).astype(np.float32)
 
 
 def _packed(op_type: str, x: str, w: np.ndarray, bias: np.ndarray, outputs: tuple[str, ...], name: str,
@@ -82,7 +56,7 @@ def _packed(op_type: str, x: str, w: np.ndarray, bias: np.ndarray, outputs: tupl
 
 def _check_matmul(m: Match, view: View) -> str | None:
     node = m[0]
-    return _weight_decline(view, node.inputs[1]) or _float32_decline(view, node.inputs[0], "A")
+    return weight_decline(view, node.inputs[1]) or float32_decline(view, node.inputs[0], "A")
 
 
 def _matmul(m: Match, view: View) -> Replacement:
@@ -96,11 +70,11 @@ def _check_gemm(m: Match, view: View) -> str | None:
     node = m[0]
     if node.attr("transA", 0):
         return "transA=1: A would need a transpose at run time"
-    reason = _weight_decline(view, node.inputs[1]) or _float32_decline(view, node.inputs[0], "A")
+    reason = weight_decline(view, node.inputs[1]) or float32_decline(view, node.inputs[0], "A")
     if reason or len(node.inputs) < 3 or not node.inputs[2]:
         return reason
     columns = view.tensor(node.inputs[1]).shape[0 if node.attr("transB", 0) else 1]
-    bias = _column_bias(view, node.inputs[2], columns, 2)
+    bias = column_bias(view, node.inputs[2], columns, 2)
     return bias if isinstance(bias, str) else None
 
 
@@ -110,7 +84,7 @@ def _gemm(m: Match, view: View) -> Replacement:
     w = (w.T if node.attr("transB", 0) else w) * float(node.attr("alpha", 1.0))
     bias = np.zeros(w.shape[1], np.float64)
     if len(node.inputs) > 2 and node.inputs[2]:
-        bias = _column_bias(view, node.inputs[2], w.shape[1], 2) * float(node.attr("beta", 1.0))
+        bias = column_bias(view, node.inputs[2], w.shape[1], 2) * float(node.attr("beta", 1.0))
     return _packed("PackedMatMul", node.inputs[0], w.astype(np.float32), bias, node.outputs, node.name, view)
 
 
@@ -129,7 +103,7 @@ def _check_conv(m: Match, view: View) -> str | None:
         return "grouped convolution"
     if conv.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return f"auto_pad={conv.attr('auto_pad')}: the pads are not explicit"
-    return _float32_decline(view, conv.inputs[0], "the input") or (
+    return float32_decline(view, conv.inputs[0], "the input") or (
         None if view.tensor(conv.inputs[1]).dtype == np.float32 else "the weights are not float32")
 
 
@@ -195,14 +169,14 @@ def _check_bias(m: Match, view: View) -> str | None:
     y = view.shape(packed.outputs[0])
     if y is None or view.shape(add.outputs[0]) != y:
         return "the Add broadcasts beyond the product's shape"
-    bias = _column_bias(view, _other(packed, add), y[-1], len(y))
+    bias = column_bias(view, _other(packed, add), y[-1], len(y))
     return bias if isinstance(bias, str) else None
 
 
 def _fold_bias(m: Match, view: View) -> Replacement:
     packed, add = m
     y = view.shape(packed.outputs[0])
-    total = view.tensor(packed.inputs[2]).astype(np.float64) + _column_bias(view, _other(packed, add), y[-1], len(y))
+    total = view.tensor(packed.inputs[2]).astype(np.float64) + column_bias(view, _other(packed, add), y[-1], len(y))
     bias = view.fresh(packed.inputs[2])
     node = packed.replace(inputs=packed.inputs[:2] + (bias,), outputs=add.outputs)
     return Replacement(nodes=(node,), tensors={bias: total.astype(np.float32)})
