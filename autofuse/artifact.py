@@ -121,7 +121,7 @@ def _register_native_kernels(blob: bytes) -> None:
         from autofuse.blas import kernel_target
 
         kernel_target()
-    if b"autofuse_gemm" in blob or b"autofuse_conv_nhwc" in blob:
+    if any(target in blob for target in (b"autofuse_gemm", b"autofuse_conv_nhwc", b"autofuse_attention")):
         from autofuse.gemm import kernel_targets
 
         kernel_targets()

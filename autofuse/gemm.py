@@ -8,7 +8,10 @@ block of the product reads is one contiguous stream. A convolution gathers its p
 addition and a clamp to [lo, hi] (ReLU: lo=0; ReLU6: lo=0, hi=6) are applied
 as each output tile is stored.
 
-`gemm` and `conv_nhwc` are traceable. On CPU, for float32, they call the
+`attention` is scaled dot-product attention over [B, S, H, D] operands, on
+the same register tile (scores of 12 query rows at a time stay in L1).
+
+`gemm`, `conv_nhwc` and `attention` are traceable. On CPU, for float32, they call the
 kernel when it builds here (`kernel_targets()`); elsewhere, or when it does
 not (no compiler), they are the same computation in XLA ops, so a model using
 them runs everywhere. `AUTOFUSE_GEMM_KERNEL=xla` forces the XLA form;
@@ -33,7 +36,8 @@ BLOCK = 256  # the kernel's reduction block, kKC in kernels/gemm.cc
 SOURCE = "gemm.cc"
 GEMM_TARGET = "autofuse_gemm"
 CONV_TARGET = "autofuse_conv_nhwc"
-HANDLERS = {GEMM_TARGET: "AutofuseGemm", CONV_TARGET: "AutofuseConvNHWC"}
+ATTENTION_TARGET = "autofuse_attention"
+HANDLERS = {GEMM_TARGET: "AutofuseGemm", CONV_TARGET: "AutofuseConvNHWC", ATTENTION_TARGET: "AutofuseAttention"}
 
 
 def panels(n: int) -> int:
@@ -84,11 +88,12 @@ def _binding() -> tuple[bool, str | None]:
         return False, str(error)
 
 
-def kernel_targets() -> tuple[str, str] | None:
-    """(gemm, conv) FFI targets, building and registering the kernel on first use; None when unavailable."""
+def kernel_targets() -> tuple[str, ...] | None:
+    """(gemm, conv, attention) FFI targets, building and registering the kernels on first use;
+    None when unavailable."""
     if os.environ.get("AUTOFUSE_GEMM_KERNEL", "auto") == "xla":
         return None
-    return (GEMM_TARGET, CONV_TARGET) if _binding()[0] else None
+    return tuple(HANDLERS) if _binding()[0] else None
 
 
 def unavailable_reason() -> str | None:
@@ -184,5 +189,40 @@ def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: S
             *args, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(strides[0]), sw=np.int64(strides[1]),
             ph=np.int64(pads[0]), pw=np.int64(pads[1]), dh=np.int64(dilations[0]), dw=np.int64(dilations[1]),
             **_clamp(lo, hi))
+
+    return jax.lax.platform_dependent(*operands, cpu=call, default=xla)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None, *,
+              scale: float = 1.0) -> jax.Array:
+    """softmax(scale * q k^T + bias) v per batch and head, all in [B, S, H, D] layout.
+
+    q (B, Sq, H, D), k (B, Skv, H, D), v (B, Skv, H, Dv) -> (B, Sq, H, Dv); the bias
+    broadcasts to (B, H, Sq, Skv). A row whose scores are all -inf gives zeros.
+    """
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise AutofuseError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} are not [B, S, H, D]")
+    b, sq, h, _ = q.shape
+    skv = k.shape[1]
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, jnp.broadcast_shapes(bias.shape, (1, 1, sq, skv)))
+        if bias.ndim != 4 or bias.shape[0] not in (1, b) or bias.shape[1] not in (1, h):
+            raise AutofuseError(f"attention: the bias {tuple(bias.shape)} does not broadcast to {(b, h, sq, skv)}")
+
+    def xla(q, k, v, *rest):
+        from autofuse.ops.attention import _safe_softmax
+
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+        if rest:
+            scores = scores + rest[0]
+        return jnp.einsum("bhqk,bkhd->bqhd", _safe_softmax(scores), v)
+
+    operands = (q, k, v) + ((bias,) if bias is not None else ())
+    if not _use_kernel(*operands):
+        return xla(*operands)
+
+    def call(*args):
+        out = jax.ShapeDtypeStruct((b, sq, h, v.shape[3]), jnp.float32)
+        return jax.ffi.ffi_call(ATTENTION_TARGET, out)(*args, scale=np.float32(scale))
 
     return jax.lax.platform_dependent(*operands, cpu=call, default=xla)

@@ -132,9 +132,52 @@ def test_kernel_calls_are_single_custom_calls_and_export(kernel):
                                np.asarray(jax.jit(model)(x, gemm.pack_weight(w), b)), rtol=1e-6)
 
 
+def _attention_reference(q, k, v, bias, scale):
+    s = np.einsum("bqhd,bkhd->bhqk", q.astype(np.float64) * scale, k)
+    s = s if bias is None else s + bias
+    m = s.max(-1, keepdims=True)
+    m[np.isneginf(m)] = 0.0
+    e = np.exp(s - m)
+    z = e.sum(-1, keepdims=True)
+    z[z == 0] = 1.0
+    return np.einsum("bhqk,bkhd->bqhd", e / z, v)
+
+
+@pytest.mark.parametrize("b, sq, skv, h, d, dv, bias", [
+    (1, 128, 128, 12, 64, 64, None),       # BERT-base
+    (1, 20, 20, 3, 64, 64, (1, 1, 20, 20)),  # GPT-2's causal mask, short
+    (2, 7, 13, 3, 5, 9, (2, 1, 7, 13)),     # ragged: rows, columns and D below a tile
+    (1, 30, 300, 2, 40, 40, (1, 2, 30, 300)),  # Skv beyond one reduction block
+    (1, 1, 1, 1, 1, 1, None),
+])
+def test_attention_kernel_equals_softmax_attention(kernel, b, sq, skv, h, d, dv, bias):
+    rng = _rng()
+    q, k = rng.standard_normal((b, sq, h, d)).astype(np.float32), rng.standard_normal((b, skv, h, d)).astype(np.float32)
+    v = rng.standard_normal((b, skv, h, dv)).astype(np.float32)
+    mask = None if bias is None else np.where(rng.random(bias) < 0.3, -np.inf, rng.standard_normal(bias)).astype(np.float32)
+    args = (q, k, v) + (() if mask is None else (mask,))
+    fn = jax.jit(lambda q, k, v, *m: gemm.attention(q, k, v, m[0] if m else None, scale=0.125))
+    assert f"custom_call @{gemm.ATTENTION_TARGET}" in fn.lower(*args).as_text()
+    np.testing.assert_allclose(np.asarray(fn(*args)), _attention_reference(q, k, v, mask, 0.125), rtol=2e-5, atol=2e-6)
+
+
+def test_attention_rows_masked_everywhere_give_zeros_and_nan_propagates(kernel):
+    q = k = v = np.ones((1, 4, 1, 8), np.float32)
+    mask = np.zeros((1, 1, 4, 4), np.float32)
+    mask[0, 0, 1] = -np.inf
+    q_nan = q.copy()
+    q_nan[0, 2] = np.nan
+    got = np.asarray(jax.jit(lambda q, k, v, m: gemm.attention(q, k, v, m))(q_nan, k, v, mask))
+    assert (got[0, 1] == 0).all() and np.isnan(got[0, 2]).all() and (got[0, [0, 3]] == 1).all()
+
+
 def test_bad_operands_are_named():
     with pytest.raises(AutofuseError, match=r"gemm of x \(2, 5\): the packed weight holds 128 floats, K=5 and N=3 need 160"):
         gemm.gemm(np.zeros((2, 5), np.float32), gemm.pack_weight(np.zeros((4, 3), np.float32)), np.zeros(3), 3)
+    with pytest.raises(AutofuseError, match=r"attention: q \(2, 3\)"):
+        gemm.attention(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))
+    with pytest.raises(AutofuseError, match="does not broadcast"):
+        gemm.attention(*(np.zeros((1, 2, 2, 4), np.float32),) * 3, np.zeros((3, 1, 2, 2), np.float32))
     with pytest.raises(AutofuseError, match="2-D"):
         gemm.pack_weight(np.zeros((2, 3, 4), np.float32))
     with pytest.raises(AutofuseError, match="does not fit"):

@@ -199,6 +199,73 @@ def test_clip_declines_runtime_and_disjoint_bounds():
     assert rewrite(runtime, PACKED).declined["packed_clip"] == {"the Clip min is not a constant scalar": 1}
 
 
+# ---------------------------------------------------------------- attention
+
+def heads_attention(b=1, s=6, h=2, d=4, bias=None, q_scale=None, scores_scale=0.5, extra_consumer=False):
+    """BERT's and GPT-2's attention: [B, S, H, D] values, transposed to heads, products, back."""
+    nodes, inputs = [], {"q": [b, s, h, d], "k": [b, s, h, d], "v": [b, s, h, d]}
+    q = "q"
+    if q_scale is not None:
+        nodes.append(helper.make_node("Mul", ["q", "qs"], ["q_scaled"]))
+        q = "q_scaled"
+    nodes += [
+        helper.make_node("Transpose", [q], ["qt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["v"], ["vt"], perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["qt", "kt"], ["scores"]),
+        helper.make_node("Mul", ["scores", "ss"], ["scaled"]),
+    ]
+    probs_in = "scaled"
+    if bias is not None:
+        inputs["bias"] = list(bias)
+        nodes.append(helper.make_node("Add", ["scaled", "bias"], ["biased"]))
+        probs_in = "biased"
+    nodes += [helper.make_node("Softmax", [probs_in], ["p"], axis=-1), helper.make_node("MatMul", ["p", "vt"], ["o"]),
+              helper.make_node("Transpose", ["o"], ["y"], perm=[0, 2, 1, 3])]
+    outputs = ["y"] + (["qt"] if extra_consumer else [])
+    weights = {"ss": np.float32(scores_scale)}
+    if q_scale is not None:
+        weights["qs"] = np.float32(q_scale)
+    return tiny(nodes, inputs, outputs, weights)
+
+
+@pytest.mark.parametrize("bias", [None, (1, 1, 6, 6), (1, 2, 6, 6), (6, 6), (1, 1, 1, 6)])
+def test_attention_between_heads_layouts_runs_without_transposes(bias):
+    model = heads_attention(bias=bias)
+    result = only("attention_packed", model)
+    assert result.fired == {"attention_packed": 1}
+    assert ops(result.model) == ["PackedAttention"]
+    (node,) = result.model.graph.nodes
+    assert node.inputs[:3] == ("q", "k", "v") and node.attr("scale") == 0.5
+    assert_equivalent(model, result.model)
+
+
+def test_attention_takes_gpt2s_scale_on_q_and_keeps_a_transpose_read_elsewhere():
+    model = heads_attention(q_scale=0.25, extra_consumer=True)
+    result = only("attention_packed", model)
+    assert result.fired == {"attention_packed": 1}
+    assert sorted(ops(result.model)) == ["Mul", "PackedAttention", "Transpose"]  # qt is also an output
+    node = next(n for n in result.model.graph.nodes if n.op_type == "PackedAttention")
+    assert node.inputs[0] == "q" and node.attr("scale") == 0.125
+    assert_equivalent(model, result.model)
+
+
+def test_attention_declines_with_reasons():
+    nodes = [helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["v"], ["vt"], perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["qt", "kt"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["p"], axis=2),
+             helper.make_node("MatMul", ["p", "vt"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["y"], perm=[0, 2, 1, 3])]
+    wrong_axis = tiny(nodes, {"q": [1, 6, 2, 4], "k": [1, 6, 2, 4], "v": [1, 6, 2, 4]}, ["y"])
+    assert only("attention_packed", wrong_axis).declined == {
+        "attention_packed": {"Softmax is not over the last axis": 1}}
+    wider_bias = heads_attention(b=1, h=2, bias=(2, 1, 6, 6))  # the bias widens the batch
+    assert only("attention_packed", wider_bias).declined == {
+        "attention_packed": {"the bias [2, 1, 6, 6] does not broadcast over [batch, heads]": 1}}
+
+
 # ---------------------------------------------------------------- sets, alternatives, a small CNN
 
 def test_alternatives_are_single_node_choices_the_search_can_place():

@@ -418,6 +418,233 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+
+// ------------------------------------------------------------------ attention
+//
+// softmax(scale * Q K^T + bias) V for every (batch, head), with Q, K, V and the output
+// in [B, S, H, D] layout (the layout the projections write, so no transposes), block by
+// block of 12 query rows: the scores of a block (12 x Skv) stay in L1, and K^T and V
+// are packed once per head into the weight layout above, so both products run on the
+// GEMM's register tile.
+
+#if defined(__AVX512F__)
+// exp(x) for x <= 0 (and NaN), to ~1e-7 relative: x = n ln2 + r, a degree-6 polynomial
+// for exp(r), scaled by 2^n. Arguments below -100 give 0 (their weight in a softmax).
+inline __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-100.0f), x);  // NaN stays NaN
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+// row[0:n] = softmax(row[0:n]); a row that is all -inf becomes zeros (as autofuse's
+// Softmax lowering), NaN propagates.
+void SoftmaxRow(float* row, int64_t n) {
+#if defined(__AVX512F__)
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(row + j));
+  float m = _mm512_reduce_max_ps(vmax);
+  for (; j < n; ++j) m = std::max(m, row[j]);
+  if (std::isinf(m) && m < 0) m = 0.0f;
+  const __m512 shift = _mm512_set1_ps(m);
+  __m512 vsum = _mm512_setzero_ps();
+  for (j = 0; j < n; j += 16) {
+    const __mmask16 mask = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    const __m512 e = ExpNonPositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, row + j), shift));
+    _mm512_mask_storeu_ps(row + j, mask, e);
+    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(mask, e));
+  }
+  float sum = _mm512_reduce_add_ps(vsum);
+  const __m512 inverse = _mm512_set1_ps(sum == 0.0f ? 1.0f : 1.0f / sum);
+  for (j = 0; j < n; j += 16) {
+    const __mmask16 mask = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    _mm512_mask_storeu_ps(row + j, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + j), inverse));
+  }
+#else
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = row[j] > m || row[j] != row[j] ? row[j] : m;
+  if (std::isinf(m) && m < 0) m = 0.0f;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - m));
+  const float inverse = sum == 0.0f ? 1.0f : 1.0f / sum;
+  for (int64_t j = 0; j < n; ++j) row[j] *= inverse;
+#endif
+}
+
+// Packs the (rows x cols) matrix at(r, c) = src[r * row_stride + c * col_stride] into the
+// weight layout (blocks of kKC rows, 32-column panels, zero past cols): rows are copied
+// when col_stride is 1, columns gathered 16 at a time otherwise (K^T from K).
+void PackPanels(float* dst, const float* src, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+  const int64_t panels = (cols + kNR - 1) / kNR;
+  for (int64_t pc = 0; pc < rows; pc += kKC) {
+    const int64_t kc = std::min(kKC, rows - pc);
+    for (int64_t p = 0; p < panels; ++p) {
+      float* panel = dst + pc * panels * kNR + p * kc * kNR;
+      const int64_t width = std::min(kNR, cols - p * kNR);
+      const float* first = src + pc * row_stride + p * kNR * col_stride;
+      if (col_stride == 1) {
+        for (int64_t r = 0; r < kc; ++r) {
+          CopyRun(panel + r * kNR, first + r * row_stride, width);
+          CopyRun(panel + r * kNR + width, nullptr, kNR - width);
+        }
+        continue;
+      }
+#if defined(__AVX512F__)
+      if (col_stride * (kNR - 1) < INT32_MAX) {
+        const __m512i step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                _mm512_set1_epi32(static_cast<int32_t>(col_stride)));
+        const __m512i step16 = _mm512_add_epi32(step, _mm512_set1_epi32(static_cast<int32_t>(16 * col_stride)));
+        const __mmask16 m0 = width >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
+        const __mmask16 m1 = width >= 32 ? __mmask16(0xFFFF) : width <= 16 ? __mmask16(0) : __mmask16((1u << (width - 16)) - 1);
+        for (int64_t r = 0; r < kc; ++r) {
+          const float* base = first + r * row_stride;
+          _mm512_storeu_ps(panel + r * kNR, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, step, base, 4));
+          _mm512_storeu_ps(panel + r * kNR + 16, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, step16, base, 4));
+        }
+        continue;
+      }
+#endif
+      for (int64_t r = 0; r < kc; ++r) {
+        for (int64_t c = 0; c < kNR; ++c) {
+          panel[r * kNR + c] = c < width ? first[r * row_stride + c * col_stride] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// dst[0:n] = scale * src[0:n].
+inline void ScaledRun(float* dst, const float* src, int64_t n, float scale) {
+#if defined(__AVX512F__)
+  const __m512 factor = _mm512_set1_ps(scale);
+  for (; n > 0; n -= 16, dst += 16, src += 16) {
+    const __mmask16 mask = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+    _mm512_mask_storeu_ps(dst, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, src), factor));
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * scale;
+#endif
+}
+
+float* Aligned(std::vector<float>& buffer, size_t size) {
+  if (buffer.size() < size + 16) buffer.resize(size + 16);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+}
+
+struct AttentionProblem {
+  const float *q, *k, *v, *bias;  // bias: [Bb, Hb, Sq, Skv] or nullptr
+  float* out;
+  int64_t b, sq, skv, h, d, dv;
+  int64_t bias_batch_stride, bias_head_stride;  // 0 where the bias is broadcast
+  float scale;
+
+  // C[rows, cols] (ldc) = A[rows, kdim] (packed by `pack`, block by block) @ Bp + residual.
+  template <typename PackA>
+  static void Product(const PackA& pack, float* ap, const float* bp, int64_t kdim, int64_t rows, int64_t cols,
+                      float* c, int64_t ldc, const float* zeros, const float* residual) {
+    const int64_t panels = (cols + kNR - 1) / kNR;
+    for (int64_t pc = 0; pc < kdim || pc == 0; pc += kKC) {
+      const int64_t kc = std::min(kKC, kdim - pc);
+      const bool first = pc == 0, last = pc + kKC >= kdim;
+      pack(ap, pc, kc);
+      for (int64_t p = 0; p < panels; ++p) {
+        Tile(ap, bp + pc * panels * kNR + p * kc * kNR, kc, c + p * kNR, ldc, rows, std::min(kNR, cols - p * kNR),
+             first, last, zeros, residual ? residual + p * kNR : nullptr, -INFINITY, INFINITY);
+      }
+      if (kdim == 0) break;
+    }
+  }
+
+  // Every query row of head `unit % h` of batch `unit / h` (part.m0 is the unit).
+  void Run(const Part& part) const {
+    const int64_t unit = part.m0;
+    thread_local std::vector<float> kt_buffer, v_buffer, score_buffer, a_buffer, zero_buffer;
+    const int64_t bi = unit / h, hi = unit % h;
+    const int64_t kv_panels = (skv + kNR - 1) / kNR, out_panels = (dv + kNR - 1) / kNR;
+    float* kt = Aligned(kt_buffer, d * kv_panels * kNR);
+    float* vp = Aligned(v_buffer, skv * out_panels * kNR);
+    float* scores = Aligned(score_buffer, kMR * skv);
+    float* ap = Aligned(a_buffer, kMR * kKC);
+    float* zeros = Aligned(zero_buffer, std::max(kv_panels, out_panels) * kNR);
+    std::fill(zeros, zeros + std::max(kv_panels, out_panels) * kNR, 0.0f);
+    const int64_t kv_stride = h * d, v_stride = h * dv;
+    PackPanels(kt, k + bi * skv * kv_stride + hi * d, d, skv, 1, kv_stride);   // K^T: [d][j]
+    PackPanels(vp, v + bi * skv * v_stride + hi * dv, skv, dv, v_stride, 1);  // V: [j][e]
+    const float* head_bias = bias ? bias + bi * bias_batch_stride + hi * bias_head_stride : nullptr;
+    for (int64_t r0 = 0; r0 < sq; r0 += kMR) {
+      const int64_t rows = std::min(kMR, sq - r0);
+      const float* q0 = q + (bi * sq + r0) * kv_stride + hi * d;
+      auto pack_q = [&](float* dst, int64_t k0, int64_t kc) {
+        for (int64_t r = 0; r < kMR; ++r) {
+          if (r < rows) {
+            ScaledRun(dst + r * kKC, q0 + r * kv_stride + k0, kc, scale);
+          } else {
+            CopyRun(dst + r * kKC, nullptr, kc);
+          }
+        }
+      };
+      Product(pack_q, ap, kt, d, rows, skv, scores, skv, zeros, head_bias ? head_bias + r0 * skv : nullptr);
+      for (int64_t r = 0; r < rows; ++r) SoftmaxRow(scores + r * skv, skv);
+      auto pack_p = [&](float* dst, int64_t k0, int64_t kc) {
+        for (int64_t r = 0; r < kMR; ++r) CopyRun(dst + r * kKC, r < rows ? scores + r * skv + k0 : nullptr, kc);
+      };
+      Product(pack_p, ap, vp, skv, rows, dv, out + (bi * sq + r0) * v_stride + hi * dv, v_stride, zeros, nullptr);
+    }
+  }
+};
+
+// One (batch, head) per part, handed out by the GEMM's Work.
+Part Piece(const AttentionProblem&, bool, int64_t index, int64_t) { return {index, index + 1, 0, 0}; }
+
+ffi::Error AttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                         ffi::Buffer<ffi::F32> v, std::optional<ffi::Buffer<ffi::F32>> bias,
+                         ffi::ResultBuffer<ffi::F32> out, float scale) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out->dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || od.size() != 4) {
+    return ffi::Error::InvalidArgument("AutofuseAttention: q, k, v and the output must be [B, S, H, D]");
+  }
+  const int64_t b = qd[0], sq = qd[1], h = qd[2], d = qd[3], skv = kd[1], dv = vd[3];
+  if (kd[0] != b || kd[2] != h || kd[3] != d || vd[0] != b || vd[1] != skv || vd[2] != h || od[0] != b ||
+      od[1] != sq || od[2] != h || od[3] != dv) {
+    return ffi::Error::InvalidArgument("AutofuseAttention: q, k, v and the output disagree on B, S, H or D");
+  }
+  AttentionProblem problem{q.typed_data(), k.typed_data(), v.typed_data(), nullptr, out->typed_data(), b, sq,
+                           skv, h, d, dv, 0, 0, scale};
+  if (bias.has_value()) {
+    const auto bd = bias->dimensions();
+    if (bd.size() != 4 || (bd[0] != 1 && bd[0] != b) || (bd[1] != 1 && bd[1] != h) || bd[2] != sq || bd[3] != skv) {
+      return ffi::Error::InvalidArgument("AutofuseAttention: the bias must be [1 or B, 1 or H, Sq, Skv]");
+    }
+    problem.bias = bias->typed_data();
+    problem.bias_head_stride = bd[1] == 1 ? 0 : sq * skv;
+    problem.bias_batch_stride = bd[0] == 1 ? 0 : bd[1] * sq * skv;
+  }
+  const int64_t parts = b * h;
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), parts});
+  if (workers <= 1) {
+    for (int64_t i = 0; i < parts; ++i) problem.Run({i, i + 1, 0, 0});
+    return ffi::Error::Success();
+  }
+  auto work = std::make_shared<Work<AttentionProblem>>();
+  work->p = problem;
+  work->parts = parts;
+  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  work->Wait();
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseGemm, GemmImpl,
@@ -449,3 +676,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseConvNHWC, ConvImpl,
                                   .Attr<int64_t>("dw")
                                   .Attr<float>("lo")
                                   .Attr<float>("hi"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseAttention, AttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .OptionalArg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));

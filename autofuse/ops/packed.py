@@ -9,6 +9,9 @@ is packed there, once (`autofuse.gemm.pack_weight`):
 * `PackedConvNHWC(x, wp, bias, residual?)`: a group-1 NHWC convolution by a
   (kh, kw, C, n) kernel; attributes `n`, `kernel_shape`, `strides`, `dilations`,
   `pads` (top, left, bottom, right), `lo` and `hi`, with the same epilogue.
+* `PackedAttention(q, k, v, bias?)`: softmax(`scale` * q k^T + bias) v per batch and
+  head, with q, k, v and the output in [B, S, H, D] layout; the bias broadcasts to
+  [B, H, Sq, Skv].
 """
 from __future__ import annotations
 
@@ -51,3 +54,19 @@ def packed_conv_nhwc(ctx: Ctx, x, wp, bias, residual=None):
     return conv_nhwc(x, wp, bias, int(ctx.attr("n")), kernel=_ints(ctx.attr("kernel_shape"), ()),
                      strides=_ints(ctx.attr("strides"), (1, 1)), pads=_ints(ctx.attr("pads"), (0, 0, 0, 0)),
                      dilations=_ints(ctx.attr("dilations"), (1, 1)), residual=residual, **_clamp(ctx))
+
+
+def _attention_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:
+    """2 * B * H * Sq * Skv * (D + Dv): the two products."""
+    q, k, y = inputs[0], inputs[1], (outputs[0] if outputs else None)
+    if any(t is None or not t.is_static or len(t.shape) != 4 for t in (q, k, y)):
+        return 0.0
+    b, sq, h, d = q.shape
+    return 2.0 * b * h * sq * k.shape[1] * (d + y.shape[3])
+
+
+@op("PackedAttention", mapping=MANY_TO_MANY, domain=DOMAIN, flops=_attention_flops)
+def packed_attention(ctx: Ctx, q, k, v, bias=None):
+    from autofuse.gemm import attention
+
+    return attention(q, k, v, bias, scale=float(ctx.attr("scale", 1.0)))

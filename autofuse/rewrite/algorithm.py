@@ -304,7 +304,7 @@ def _inner(view: View, value: str, op_type: str, consumer: Node) -> Node | None:
     return node if node is not None and view.only_feeds(node, consumer) is None else None
 
 
-def _split_scalar(view: View, node: Node) -> tuple[str, float] | None:
+def split_scalar(view: View, node: Node) -> tuple[str, float] | None:
     """(operand, constant) of a binary node with one scalar-constant operand."""
     if len(node.inputs) != 2:
         return None
@@ -344,7 +344,7 @@ def _gelu_plan(inner: InnerFn, node: Node, view: View) -> tuple[str, Match] | No
         rest.remove(halves[0])
         reader = next(n for n in found + [node] if f in n.inputs)
         add = _inner(view, f, "Add", reader)
-        split = _split_scalar(view, add) if add is not None else None
+        split = split_scalar(view, add) if add is not None else None
         if split is None or not _near(split[1], 1.0):
             continue
         result = inner(view, split[0], add)
@@ -360,7 +360,7 @@ def _erf_inner(view: View, value: str, add: Node) -> tuple[str, list[Node]] | No
         return None
     for op_type, want in (("Div", np.sqrt(2.0)), ("Mul", 1.0 / np.sqrt(2.0))):
         scale = _inner(view, erf.inputs[0], op_type, erf)
-        split = _split_scalar(view, scale) if scale is not None else None
+        split = split_scalar(view, scale) if scale is not None else None
         if split and _near(split[1], want) and (op_type == "Mul" or scale.inputs[0] == split[0]):
             return split[0], [scale, erf]
     return None
@@ -370,7 +370,7 @@ def _tanh_inner(view: View, value: str, add: Node) -> tuple[str, list[Node]] | N
     """tanh(sqrt(2/pi) * (x + 0.044715 * x^3)): (x, [Pow, Mul, Add, Mul, Tanh])."""
     tanh = _inner(view, value, "Tanh", add)
     outer = _inner(view, tanh.inputs[0], "Mul", tanh) if tanh is not None else None
-    split = _split_scalar(view, outer) if outer is not None else None
+    split = split_scalar(view, outer) if outer is not None else None
     if split is None or not _near(split[1], float(np.sqrt(2.0 / np.pi))):
         return None
     total = _inner(view, split[0], "Add", outer)
@@ -378,7 +378,7 @@ def _tanh_inner(view: View, value: str, add: Node) -> tuple[str, list[Node]] | N
         return None
     for x, cubic_value in (total.inputs, total.inputs[::-1]):
         cubic = _inner(view, cubic_value, "Mul", total)
-        cs = _split_scalar(view, cubic) if cubic is not None else None
+        cs = split_scalar(view, cubic) if cubic is not None else None
         power = _inner(view, cs[0], "Pow", cubic) if cs and _near(cs[1], 0.044715) else None
         if power is not None and power.inputs[0] == x and _near(_scalar(view, power.inputs[1]), 3.0):
             return x, [power, cubic, total, outer, tanh]
@@ -412,7 +412,7 @@ GELU_TANH_UNIT = _gelu_rule("gelu_tanh_unit", _tanh_inner, "tanh")
 
 # ---------------------------------------------------------------- attention
 
-class _Attention(NamedTuple):
+class AttentionParts(NamedTuple):
     """The parts of a matched attention: root last in `nodes`."""
 
     nodes: Match
@@ -430,7 +430,7 @@ def _scaled_scores(view: View, value: str, reader: Node) -> tuple[list[Node], st
     nodes, scale = [], 1.0
     for op_type in ("Mul", "Div"):
         node = _inner(view, value, op_type, reader)
-        split = _split_scalar(view, node) if node is not None else None
+        split = split_scalar(view, node) if node is not None else None
         if split is None or (op_type == "Div" and node.inputs[0] != split[0]) or split[1] == 0:
             continue
         nodes.append(node)
@@ -440,7 +440,7 @@ def _scaled_scores(view: View, value: str, reader: Node) -> tuple[list[Node], st
     return ([qk] + nodes, qk.inputs[0], qk.inputs[1], scale) if qk is not None else None
 
 
-def _attention_plan(node: Node, view: View) -> _Attention | None:
+def attention_plan(node: Node, view: View) -> AttentionParts | None:
     """MatMul(Softmax(MatMul(q, kt) [* or / scalar] [+ bias]) [Cast], v)."""
     probs, reader = node.inputs[0], node
     cast = _inner(view, probs, "Cast", node)
@@ -461,16 +461,16 @@ def _attention_plan(node: Node, view: View) -> _Attention | None:
         return None
     chain, q, kt, scale = scores
     nodes = chain + ([add] if bias else []) + [softmax] + ([cast] if cast else []) + [node]
-    return _Attention(tuple(nodes), q, kt, node.inputs[1], scale, bias, softmax, cast)
+    return AttentionParts(tuple(nodes), q, kt, node.inputs[1], scale, bias, softmax, cast)
 
 
 def _match_attention(node: Node, view: View) -> Match | None:
-    plan = _attention_plan(node, view)
+    plan = attention_plan(node, view)
     return plan.nodes if plan else None
 
 
 def _check_attention(m: Match, view: View) -> str | None:
-    p = _attention_plan(m[-1], view)
+    p = attention_plan(m[-1], view)
     shapes = [view.shape(v) for v in (p.q, p.kt, p.v, m[-1].outputs[0])]
     if any(s is None for s in shapes):
         return "shapes are unknown"
@@ -486,7 +486,7 @@ def _check_attention(m: Match, view: View) -> str | None:
 
 
 def _attention(m: Match, view: View) -> Replacement:
-    p = _attention_plan(m[-1], view)
+    p = attention_plan(m[-1], view)
     inputs = (p.q, p.kt, p.v) + ((p.bias,) if p.bias else ())
     attrs = (("scale", float(p.scale)),) if p.scale != 1.0 else ()
     return Replacement(nodes=(Node("DotProductAttention", inputs, m[-1].outputs, attrs, DOMAIN, m[-1].name),))
@@ -527,7 +527,7 @@ def _normalised(view: View, div: Node) -> tuple[str, tuple[int, ...], float, lis
     centered, std = div.inputs
     sub, sqrt = view.producer(centered, "Sub"), _inner(view, std, "Sqrt", div)
     shift = _inner(view, sqrt.inputs[0], "Add", sqrt) if sqrt is not None else None
-    split = _split_scalar(view, shift) if shift is not None else None
+    split = split_scalar(view, shift) if shift is not None else None
     if sub is None or split is None:
         return None
     var = _inner(view, split[0], "ReduceMean", shift)

@@ -8,6 +8,9 @@ Algorithm choices, one per op (the weight is packed here, once, by
   C must be a constant per-column bias.
 * `conv_packed`: ConvNHWC (group 1, constant HWIO kernel, explicit pads) ->
   PackedConvNHWC: the patch rows are gathered while packing, never written.
+* `attention_packed`: Transpose(MatMul(Softmax(MatMul(Transpose(q), Transpose(k)) * s [+ bias]),
+  Transpose(v)), (0, 2, 1, 3)) with q, k, v in [B, S, H, D] layout (as the projections write
+  them: BERT, GPT-2) -> PackedAttention(q, k, v, bias?): none of the four transposes runs.
 
 Epilogues folded into a packed op that feeds them alone (`PACKED_EPILOGUE`):
 
@@ -22,18 +25,20 @@ Epilogues folded into a packed op that feeds them alone (`PACKED_EPILOGUE`):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from autofuse.gemm import pack_weight
 from autofuse.ir import Node
 from autofuse.ops.packed import DOMAIN
+from autofuse.rewrite.algorithm import ATTENTION_UNIT, attention_plan, split_scalar
 from autofuse.rewrite.engine import Match, Replacement, Rule, RuleSet, View
 from autofuse.rewrite.transpose import constant_conv_decline
 from autofuse.rewrite.weights import column_bias, float32_decline, weight_decline
 
 FAMILY = "packed"
-OPS = frozenset({"PackedMatMul", "PackedConvNHWC"})
+OPS = frozenset({"PackedMatMul", "PackedConvNHWC"})  # the products epilogues fold into
 
 
 def _root(node: Node, view: View) -> Match | None:
@@ -126,6 +131,87 @@ def _conv(m: Match, view: View) -> Replacement:
 MATMUL_PACKED = Rule("matmul_packed", FAMILY, frozenset({"MatMul"}), _root, _check_matmul, _matmul)
 GEMM_PACKED = Rule("gemm_packed", FAMILY, frozenset({"Gemm"}), _root, _check_gemm, _gemm)
 CONV_PACKED = Rule("conv_packed", FAMILY, frozenset({"ConvNHWC"}), _root, _check_conv, _conv)
+
+
+# ---------------------------------------------------------------- attention
+
+_HEADS = (0, 2, 1, 3)  # [B, S, H, D] <-> [B, H, S, D]
+_KEYS_T = (0, 2, 3, 1)  # [B, S, H, D] -> [B, H, D, S]
+
+
+class _HeadsAttention(NamedTuple):
+    """An attention between [B, S, H, D] values; `chain` is the matched attention, root last."""
+
+    chain: Match
+    q: str
+    k: str
+    v: str
+    scale: float
+    bias: str | None
+
+
+def _untransposed(view: View, value: str, perm: tuple[int, ...]) -> str | None:
+    node = view.producer(value, "Transpose")
+    return node.inputs[0] if node is not None and tuple(node.attr("perm", ()) or ()) == perm else None
+
+
+def _heads_plan(root: Node, view: View) -> _HeadsAttention | None:
+    if tuple(root.attr("perm", ()) or ()) != _HEADS:
+        return None
+    product = view.producer(root.inputs[0], "MatMul")
+    parts = attention_plan(product, view) if product is not None else None
+    if parts is None or view.only_feeds(product, root) is not None:
+        return None
+    q, k, v = (_untransposed(view, value, perm) for value, perm in
+               ((parts.q, _HEADS), (parts.kt, _KEYS_T), (parts.v, _HEADS)))
+    if q is None or k is None or v is None:
+        return None
+    scale = parts.scale
+    scaled = view.producer(q, "Mul")
+    split = split_scalar(view, scaled) if scaled is not None else None
+    if split is not None and view.shape(split[0]) == view.shape(q):  # GPT-2 scales q before its transpose
+        q, scale = split[0], scale * split[1]
+    return _HeadsAttention(parts.nodes + (root,), q, k, v, scale, parts.bias)
+
+
+def _match_heads(node: Node, view: View) -> Match | None:
+    plan = _heads_plan(node, view)
+    return plan.chain if plan else None
+
+
+def _check_heads(m: Match, view: View) -> str | None:
+    plan = _heads_plan(m[-1], view)
+    reason = ATTENTION_UNIT.check(plan.chain[:-1], view)
+    if reason:
+        return reason
+    shapes = [view.shape(value) for value in (plan.q, plan.k, plan.v)]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return "q, k and v are not 4-D [B, S, H, D]"
+    (b, _, h, d), (kb, _, kh, kd), (vb, skv, vh, _) = shapes
+    if (kb, kh, kd) != (b, h, d) or (vb, vh) != (b, h) or shapes[1][1] != skv:
+        return "q, k and v disagree on batch, heads or sizes"
+    for value, what in ((plan.q, "q"), (plan.k, "k"), (plan.v, "v")) + (((plan.bias, "the bias"),) if plan.bias else ()):
+        reason = float32_decline(view, value, what)
+        if reason:
+            return reason
+    if plan.bias:
+        bias = view.shape(plan.bias)
+        if bias is None or len(bias) > 4:
+            return "the bias is not of rank <= 4"
+        lead = (1,) * (4 - len(bias)) + tuple(bias)
+        if lead[0] not in (1, b) or lead[1] not in (1, h):
+            return f"the bias {list(bias)} does not broadcast over [batch, heads]"
+    return None
+
+
+def _heads(m: Match, view: View) -> Replacement:
+    plan = _heads_plan(m[-1], view)
+    inputs = (plan.q, plan.k, plan.v) + ((plan.bias,) if plan.bias else ())
+    node = Node("PackedAttention", inputs, m[-1].outputs, _attrs(scale=float(plan.scale)), DOMAIN, m[-2].name)
+    return Replacement(nodes=(node,))
+
+
+ATTENTION_PACKED = Rule("attention_packed", FAMILY, frozenset({"Transpose"}), _match_heads, _check_heads, _heads)
 
 
 # ---------------------------------------------------------------- epilogues
@@ -260,12 +346,13 @@ PACKED_CLIP = Rule("packed_clip", FAMILY, frozenset({"Clip"}), _match_clamp, _ch
 
 # ---------------------------------------------------------------- rule sets
 
-_CHOICES = (MATMUL_PACKED, GEMM_PACKED, CONV_PACKED)
+_CHOICES = (MATMUL_PACKED, GEMM_PACKED, CONV_PACKED, ATTENTION_PACKED)
 PACKED_RULES: dict[str, Rule] = {rule.name: rule for rule in _CHOICES}
 
 # Per root op type, the packed form a node of that type may take (besides staying as it is).
 PACKED_ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "MatMul": ("matmul_packed",), "Gemm": ("gemm_packed",), "ConvNHWC": ("conv_packed",),
+    "Transpose": ("attention_packed",),
 }
 
 PACKED_EPILOGUE = RuleSet("packed_epilogue", (PACKED_BIAS, PACKED_RESIDUAL, PACKED_RELU, PACKED_CLIP))
