@@ -121,7 +121,8 @@ def _register_native_kernels(blob: bytes) -> None:
         from autofuse.blas import kernel_target
 
         kernel_target()
-    if any(target in blob for target in (b"autofuse_gemm", b"autofuse_conv_nhwc", b"autofuse_attention")):
+    if any(target in blob for target in (b"autofuse_gemm", b"autofuse_conv_nhwc", b"autofuse_attention",
+                                               b"autofuse_max_pool_nhwc")):
         from autofuse.gemm import kernel_targets
 
         kernel_targets()

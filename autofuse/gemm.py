@@ -11,7 +11,9 @@ as each output tile is stored.
 `attention` is scaled dot-product attention over [B, S, H, D] operands, on
 the same register tile (scores of 12 query rows at a time stay in L1).
 
-`gemm`, `conv_nhwc` and `attention` are traceable. On CPU, for float32, they call the
+`max_pool_nhwc` skips the taps outside the image instead of padding it.
+
+`gemm`, `conv_nhwc`, `attention` and `max_pool_nhwc` are traceable. On CPU, for float32, they call the
 kernel when it builds here (`kernel_targets()`); elsewhere, or when it does
 not (no compiler), they are the same computation in XLA ops, so a model using
 them runs everywhere. `AUTOFUSE_GEMM_KERNEL=xla` forces the XLA form;
@@ -37,7 +39,10 @@ SOURCE = "gemm.cc"
 GEMM_TARGET = "autofuse_gemm"
 CONV_TARGET = "autofuse_conv_nhwc"
 ATTENTION_TARGET = "autofuse_attention"
-HANDLERS = {GEMM_TARGET: "AutofuseGemm", CONV_TARGET: "AutofuseConvNHWC", ATTENTION_TARGET: "AutofuseAttention"}
+MAX_POOL_TARGET = "autofuse_max_pool_nhwc"
+ATTENTION_QKV_TARGET = "autofuse_attention_qkv"
+HANDLERS = {GEMM_TARGET: "AutofuseGemm", CONV_TARGET: "AutofuseConvNHWC", ATTENTION_TARGET: "AutofuseAttention",
+            MAX_POOL_TARGET: "AutofuseMaxPoolNHWC", ATTENTION_QKV_TARGET: "AutofuseAttentionQKV"}
 
 
 def panels(n: int) -> int:
@@ -193,6 +198,24 @@ def conv_nhwc(x: jax.Array, wp: jax.Array, bias: jax.Array, n: int, *, kernel: S
     return jax.lax.platform_dependent(*operands, cpu=call, default=xla)
 
 
+def _attention_bias(bias: jax.Array | None, b: int, h: int, sq: int, skv: int) -> jax.Array | None:
+    if bias is None:
+        return None
+    bias = jnp.broadcast_to(bias, jnp.broadcast_shapes(bias.shape, (1, 1, sq, skv)))
+    if bias.ndim != 4 or bias.shape[0] not in (1, b) or bias.shape[1] not in (1, h):
+        raise AutofuseError(f"attention: the bias {tuple(bias.shape)} does not broadcast to {(b, h, sq, skv)}")
+    return bias
+
+
+def _attention_xla(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, scale: float) -> jax.Array:
+    from autofuse.ops.attention import _safe_softmax
+
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+    if bias is not None:
+        scores = scores + bias
+    return jnp.einsum("bhqk,bkhd->bqhd", _safe_softmax(scores), v)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None, *,
               scale: float = 1.0) -> jax.Array:
     """softmax(scale * q k^T + bias) v per batch and head, all in [B, S, H, D] layout.
@@ -203,21 +226,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None =
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise AutofuseError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} are not [B, S, H, D]")
     b, sq, h, _ = q.shape
-    skv = k.shape[1]
-    if bias is not None:
-        bias = jnp.broadcast_to(bias, jnp.broadcast_shapes(bias.shape, (1, 1, sq, skv)))
-        if bias.ndim != 4 or bias.shape[0] not in (1, b) or bias.shape[1] not in (1, h):
-            raise AutofuseError(f"attention: the bias {tuple(bias.shape)} does not broadcast to {(b, h, sq, skv)}")
-
-    def xla(q, k, v, *rest):
-        from autofuse.ops.attention import _safe_softmax
-
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
-        if rest:
-            scores = scores + rest[0]
-        return jnp.einsum("bhqk,bkhd->bqhd", _safe_softmax(scores), v)
-
+    bias = _attention_bias(bias, b, h, sq, k.shape[1])
     operands = (q, k, v) + ((bias,) if bias is not None else ())
+    xla = lambda q, k, v, *rest: _attention_xla(q, k, v, rest[0] if rest else None, scale)  # noqa: E731
     if not _use_kernel(*operands):
         return xla(*operands)
 
@@ -226,3 +237,44 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None =
         return jax.ffi.ffi_call(ATTENTION_TARGET, out)(*args, scale=np.float32(scale))
 
     return jax.lax.platform_dependent(*operands, cpu=call, default=xla)
+
+
+def attention_qkv(qkv: jax.Array, heads: int, bias: jax.Array | None = None, *, scale: float = 1.0) -> jax.Array:
+    """`attention` of the three parts of qkv (B, S, 3 * heads * D) along its last axis -> (B, S, heads, D)."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * heads):
+        raise AutofuseError(f"attention_qkv: qkv {tuple(qkv.shape)} is not [B, S, 3 * {heads} * D]")
+    b, s, width = qkv.shape
+    d = width // (3 * heads)
+    fused = qkv.reshape(b, s, 3, heads, d)
+    bias = _attention_bias(bias, b, heads, s, s)
+    operands = (fused,) + ((bias,) if bias is not None else ())
+    xla = lambda x, *rest: _attention_xla(x[:, :, 0], x[:, :, 1], x[:, :, 2], rest[0] if rest else None, scale)  # noqa: E731
+    if not _use_kernel(*operands):
+        return xla(*operands)
+
+    def call(*args):
+        out = jax.ShapeDtypeStruct((b, s, heads, d), jnp.float32)
+        return jax.ffi.ffi_call(ATTENTION_QKV_TARGET, out)(*args, scale=np.float32(scale))
+
+    return jax.lax.platform_dependent(*operands, cpu=call, default=xla)
+
+
+def max_pool_nhwc(x: jax.Array, *, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                  dilations: Sequence[int], xla) -> jax.Array:
+    """2-D max pooling of x (B, H, W, C); pads are (top, left, bottom, right), the padding -inf.
+
+    `xla(x)` is the same pooling in XLA ops, used off CPU or without the kernel.
+    """
+    kh, kw = (int(v) for v in kernel)
+    b, h, w, c = x.shape
+    oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    if not _use_kernel(x) or oh <= 0 or ow <= 0:
+        return xla(x)
+
+    def call(x):
+        return jax.ffi.ffi_call(MAX_POOL_TARGET, jax.ShapeDtypeStruct((b, oh, ow, c), jnp.float32))(
+            x, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(strides[0]), sw=np.int64(strides[1]),
+            ph=np.int64(pads[0]), pw=np.int64(pads[1]), dh=np.int64(dilations[0]), dw=np.int64(dilations[1]))
+
+    return jax.lax.platform_dependent(x, cpu=call, default=xla)

@@ -183,3 +183,37 @@ def test_bad_operands_are_named():
     with pytest.raises(AutofuseError, match="does not fit"):
         gemm.conv_nhwc(np.zeros((1, 2, 2, 1), np.float32), gemm.pack_weight(np.zeros((9, 2), np.float32)),
                        np.zeros(2, np.float32), 2, kernel=(3, 3))
+
+
+@pytest.mark.parametrize("x_shape, kernel_hw, strides, pads, dilations", [
+    ((1, 112, 112, 64), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),  # ResNet's stem pool
+    ((2, 9, 10, 20), (2, 3), (1, 2), (0, 1, 1, 2), (1, 1)),
+    ((1, 7, 7, 5), (3, 3), (2, 2), (0, 0, 0, 0), (2, 1)),
+])
+def test_max_pool_kernel_equals_padded_reduce_window(kernel, x_shape, kernel_hw, strides, pads, dilations):
+    x = _rng().standard_normal(x_shape).astype(np.float32)
+    x[0, 1, 1, 1] = np.nan
+
+    def xla(x):
+        return jax.lax.reduce_window(x, -np.inf, jax.lax.max, (1, *kernel_hw, 1), (1, *strides, 1),
+                                     ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0)),
+                                     window_dilation=(1, *dilations, 1))
+
+    fn = jax.jit(lambda x: gemm.max_pool_nhwc(x, kernel=kernel_hw, strides=strides, pads=pads, dilations=dilations,
+                                              xla=xla))
+    assert f"custom_call @{gemm.MAX_POOL_TARGET}" in fn.lower(x).as_text()
+    np.testing.assert_array_equal(np.asarray(fn(x)), np.asarray(jax.jit(xla)(x)))
+
+
+@pytest.mark.parametrize("bias", [None, (1, 1, 9, 9)])
+def test_attention_of_a_fused_projection_reads_it_in_place(kernel, bias):
+    rng = _rng(3)
+    qkv = rng.standard_normal((2, 9, 3 * 4 * 8)).astype(np.float32)
+    mask = None if bias is None else np.triu(np.full(bias, -np.inf, np.float32), 1)
+    args = (qkv,) + (() if mask is None else (mask,))
+    fn = jax.jit(lambda x, *m: gemm.attention_qkv(x, 4, m[0] if m else None, scale=0.3))
+    assert f"custom_call @{gemm.ATTENTION_QKV_TARGET}" in fn.lower(*args).as_text()
+    q, k, v = (part.reshape(2, 9, 4, 8) for part in np.split(qkv, 3, axis=-1))
+    np.testing.assert_allclose(np.asarray(fn(*args)), _attention_reference(q, k, v, mask, 0.3), rtol=2e-5, atol=2e-6)
+    with pytest.raises(AutofuseError, match=r"qkv \(2, 9, 96\) is not \[B, S, 3 \* 5 \* D\]"):
+        gemm.attention_qkv(qkv, 5)

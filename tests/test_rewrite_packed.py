@@ -266,6 +266,40 @@ def test_attention_declines_with_reasons():
         "attention_packed": {"the bias [2, 1, 6, 6] does not broadcast over [batch, heads]": 1}}
 
 
+def test_sibling_products_merge_and_attention_reads_the_fused_projection():
+    s, h, d = 5, 2, 4
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"p{i}"]) for i in "qkv"]
+    nodes += [helper.make_node("Reshape", [f"p{i}", "heads"], [i]) for i in "qkv"]
+    nodes += [helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["v"], ["vt"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["qt", "kt"], ["scores"]),
+              helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vt"], ["o"]),
+              helper.make_node("Transpose", ["o"], ["y"], perm=[0, 2, 1, 3])]
+    weights = {f"w{i}": rng_array(h * d, h * d, seed=j) for j, i in enumerate("qkv")}
+    weights["heads"] = np.array([1, s, h, d], np.int64)
+    model = tiny(nodes, {"x": [1, s, h * d]}, ["y"], weights)
+    result = rewrite(model, PACKED)
+    assert result.fired == {"matmul_packed": 3, "packed_siblings": 1, "attention_packed": 1, "attention_qkv": 1}
+    assert ops(result.model) == ["PackedMatMul", "PackedAttentionQKV"]
+    assert result.model.graph.nodes[0].attr("n") == 3 * h * d
+    assert_equivalent(model, result.model)
+
+
+def test_siblings_wait_for_a_product_not_packed_yet():
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"p{i}"], name=f"m{i}") for i in range(3)]
+    nodes += [helper.make_node("Sum", ["p0", "p1", "p2"], ["y"])]
+    model = tiny(nodes, {"x": [3, 4]}, ["y"], {f"w{i}": rng_array(4, 6, seed=i) for i in range(3)})
+    two_packed = rewrite(model, RuleSet("some", (PACKED_RULES["matmul_packed"],)),
+                         where=lambda rule, match: match[-1].name != "m2").model
+    assert rewrite(two_packed, PACKED_EPILOGUE).declined["packed_siblings"] == {
+        "node 'm2' (MatMul) reads the same input and may be packed first": 1}
+    merged = rewrite(model, PACKED)
+    assert merged.fired.get("packed_siblings") == 1 and ops(merged.model) == ["PackedMatMul", "Split", "Sum"]
+    assert_equivalent(model, merged.model)
+
+
 # ---------------------------------------------------------------- sets, alternatives, a small CNN
 
 def test_alternatives_are_single_node_choices_the_search_can_place():

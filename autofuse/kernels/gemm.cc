@@ -1,5 +1,7 @@
 // Matrix products and NHWC convolutions with a pre-packed constant weight, as XLA FFI
-// custom calls (CPU): autofuse's own GEMM, with bias, residual add and clamp fused.
+// custom calls (CPU): autofuse's own GEMM, with bias, residual add and clamp fused; and,
+// on the same tiles and threads, attention between [B, S, H, D] values and NHWC max pooling
+// (see their sections below).
 //
 //   AutofuseGemm      x f32 [M, K], w f32 [K * P * 32], bias f32 [N], residual? f32 [M, N] -> y f32 [M, N]
 //   AutofuseConvNHWC  x f32 [B, H, W, C], w f32 [K * P * 32] (K = KH*KW*C), bias f32 [N],
@@ -548,6 +550,7 @@ struct AttentionProblem {
   int64_t b, sq, skv, h, d, dv;
   int64_t bias_batch_stride, bias_head_stride;  // 0 where the bias is broadcast
   float scale;
+  int64_t q_row, k_row, v_row;  // floats from one sequence position to the next (H * D unless q, k, v interleave)
 
   // C[rows, cols] (ldc) = A[rows, kdim] (packed by `pack`, block by block) @ Bp + residual.
   template <typename PackA>
@@ -578,17 +581,17 @@ struct AttentionProblem {
     float* ap = Aligned(a_buffer, kMR * kKC);
     float* zeros = Aligned(zero_buffer, std::max(kv_panels, out_panels) * kNR);
     std::fill(zeros, zeros + std::max(kv_panels, out_panels) * kNR, 0.0f);
-    const int64_t kv_stride = h * d, v_stride = h * dv;
-    PackPanels(kt, k + bi * skv * kv_stride + hi * d, d, skv, 1, kv_stride);   // K^T: [d][j]
-    PackPanels(vp, v + bi * skv * v_stride + hi * dv, skv, dv, v_stride, 1);  // V: [j][e]
+    const int64_t out_row = h * dv;
+    PackPanels(kt, k + bi * skv * k_row + hi * d, d, skv, 1, k_row);     // K^T: [d][j]
+    PackPanels(vp, v + bi * skv * v_row + hi * dv, skv, dv, v_row, 1);  // V: [j][e]
     const float* head_bias = bias ? bias + bi * bias_batch_stride + hi * bias_head_stride : nullptr;
     for (int64_t r0 = 0; r0 < sq; r0 += kMR) {
       const int64_t rows = std::min(kMR, sq - r0);
-      const float* q0 = q + (bi * sq + r0) * kv_stride + hi * d;
+      const float* q0 = q + (bi * sq + r0) * q_row + hi * d;
       auto pack_q = [&](float* dst, int64_t k0, int64_t kc) {
         for (int64_t r = 0; r < kMR; ++r) {
           if (r < rows) {
-            ScaledRun(dst + r * kKC, q0 + r * kv_stride + k0, kc, scale);
+            ScaledRun(dst + r * kKC, q0 + r * q_row + k0, kc, scale);
           } else {
             CopyRun(dst + r * kKC, nullptr, kc);
           }
@@ -599,13 +602,40 @@ struct AttentionProblem {
       auto pack_p = [&](float* dst, int64_t k0, int64_t kc) {
         for (int64_t r = 0; r < kMR; ++r) CopyRun(dst + r * kKC, r < rows ? scores + r * skv + k0 : nullptr, kc);
       };
-      Product(pack_p, ap, vp, skv, rows, dv, out + (bi * sq + r0) * v_stride + hi * dv, v_stride, zeros, nullptr);
+      Product(pack_p, ap, vp, skv, rows, dv, out + (bi * sq + r0) * out_row + hi * dv, out_row, zeros, nullptr);
     }
   }
 };
 
 // One (batch, head) per part, handed out by the GEMM's Work.
 Part Piece(const AttentionProblem&, bool, int64_t index, int64_t) { return {index, index + 1, 0, 0}; }
+
+// Checks the bias against the problem, then runs it, one (batch, head) per part.
+ffi::Error RunAttention(ffi::ThreadPool& pool, AttentionProblem problem, std::optional<ffi::Buffer<ffi::F32>>& bias) {
+  if (bias.has_value()) {
+    const auto bd = bias->dimensions();
+    if (bd.size() != 4 || (bd[0] != 1 && bd[0] != problem.b) || (bd[1] != 1 && bd[1] != problem.h) ||
+        bd[2] != problem.sq || bd[3] != problem.skv) {
+      return ffi::Error::InvalidArgument("AutofuseAttention: the bias must be [1 or B, 1 or H, Sq, Skv]");
+    }
+    problem.bias = bias->typed_data();
+    problem.bias_head_stride = bd[1] == 1 ? 0 : problem.sq * problem.skv;
+    problem.bias_batch_stride = bd[0] == 1 ? 0 : bd[1] * problem.sq * problem.skv;
+  }
+  const int64_t parts = problem.b * problem.h;
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), parts});
+  if (workers <= 1) {
+    for (int64_t i = 0; i < parts; ++i) problem.Run({i, i + 1, 0, 0});
+    return ffi::Error::Success();
+  }
+  auto work = std::make_shared<Work<AttentionProblem>>();
+  work->p = problem;
+  work->parts = parts;
+  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  work->Wait();
+  return ffi::Error::Success();
+}
 
 ffi::Error AttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                          ffi::Buffer<ffi::F32> v, std::optional<ffi::Buffer<ffi::F32>> bias,
@@ -619,26 +649,101 @@ ffi::Error AttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buf
       od[1] != sq || od[2] != h || od[3] != dv) {
     return ffi::Error::InvalidArgument("AutofuseAttention: q, k, v and the output disagree on B, S, H or D");
   }
-  AttentionProblem problem{q.typed_data(), k.typed_data(), v.typed_data(), nullptr, out->typed_data(), b, sq,
-                           skv, h, d, dv, 0, 0, scale};
-  if (bias.has_value()) {
-    const auto bd = bias->dimensions();
-    if (bd.size() != 4 || (bd[0] != 1 && bd[0] != b) || (bd[1] != 1 && bd[1] != h) || bd[2] != sq || bd[3] != skv) {
-      return ffi::Error::InvalidArgument("AutofuseAttention: the bias must be [1 or B, 1 or H, Sq, Skv]");
-    }
-    problem.bias = bias->typed_data();
-    problem.bias_head_stride = bd[1] == 1 ? 0 : sq * skv;
-    problem.bias_batch_stride = bd[0] == 1 ? 0 : bd[1] * sq * skv;
+  return RunAttention(pool, {q.typed_data(), k.typed_data(), v.typed_data(), nullptr, out->typed_data(), b, sq, skv, h,
+                             d, dv, 0, 0, scale, h * d, h * d, h * dv}, bias);
+}
+
+// q, k and v interleaved in one [B, S, 3, H, D] buffer: a fused q/k/v projection's output, read in place.
+ffi::Error AttentionQKVImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, std::optional<ffi::Buffer<ffi::F32>> bias,
+                            ffi::ResultBuffer<ffi::F32> out, float scale) {
+  const auto xd = qkv.dimensions(), od = out->dimensions();
+  if (xd.size() != 5 || xd[2] != 3 || od.size() != 4 || od[0] != xd[0] || od[1] != xd[1] || od[2] != xd[3] ||
+      od[3] != xd[4]) {
+    return ffi::Error::InvalidArgument("AutofuseAttentionQKV: qkv must be [B, S, 3, H, D] and the output [B, S, H, D]");
   }
-  const int64_t parts = b * h;
-  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), parts});
-  if (workers <= 1) {
-    for (int64_t i = 0; i < parts; ++i) problem.Run({i, i + 1, 0, 0});
+  const int64_t b = xd[0], s = xd[1], h = xd[3], d = xd[4];
+  const float* base = qkv.typed_data();
+  return RunAttention(pool, {base, base + h * d, base + 2 * h * d, nullptr, out->typed_data(), b, s, s, h, d, d, 0,
+                             0, scale, 3 * h * d, 3 * h * d, 3 * h * d}, bias);
+}
+
+// ------------------------------------------------------------------ max pooling
+//
+// NHWC max pooling, vectorised over channels: taps outside the image are skipped (as
+// -inf padding would be), so the padded input is never written. NaN propagates.
+
+struct MaxPoolProblem {
+  const float* x;
+  float* y;
+  int64_t b, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
+
+  // Output rows [part.m0, part.m1) of the B * OH rows.
+  void Run(const Part& part) const {
+    for (int64_t row = part.m0; row < part.m1; ++row) {
+      const int64_t bi = row / oh, oy = row % oh;
+      for (int64_t ox = 0; ox < ow; ++ox) {
+        float* out = y + (row * ow + ox) * c;
+        for (int64_t c0 = 0; c0 < c; c0 += 16) {
+          const int64_t lanes = std::min<int64_t>(16, c - c0);
+#if defined(__AVX512F__)
+          const __mmask16 mask = lanes >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << lanes) - 1);
+          __m512 acc = _mm512_set1_ps(-INFINITY);
+#else
+          float acc[16];
+          std::fill(acc, acc + 16, -INFINITY);
+#endif
+          for (int64_t i = 0; i < kh; ++i) {
+            const int64_t iy = oy * sh - ph + i * dh;
+            if (iy < 0 || iy >= h) continue;
+            for (int64_t j = 0; j < kw; ++j) {
+              const int64_t ix = ox * sw - pw + j * dw;
+              if (ix < 0 || ix >= w) continue;
+              const float* in = x + ((bi * h + iy) * w + ix) * c + c0;
+#if defined(__AVX512F__)
+              const __m512 v = _mm512_maskz_loadu_ps(mask, in);
+              acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_max_ps(v, acc), v);
+#else
+              for (int64_t l = 0; l < lanes; ++l) acc[l] = in[l] != in[l] || in[l] > acc[l] ? in[l] : acc[l];
+#endif
+            }
+          }
+#if defined(__AVX512F__)
+          _mm512_mask_storeu_ps(out + c0, mask, acc);
+#else
+          std::copy(acc, acc + lanes, out + c0);
+#endif
+        }
+      }
+    }
+  }
+};
+
+// Output rows split evenly, a part per thread.
+Part Piece(const MaxPoolProblem& p, bool, int64_t index, int64_t parts) {
+  const int64_t rows = p.b * p.oh;
+  return {rows * index / parts, rows * (index + 1) / parts, 0, 0};
+}
+
+ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t kh,
+                       int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0] || xd[3] != yd[3]) {
+    return ffi::Error::InvalidArgument("AutofuseMaxPoolNHWC: x must be [B, H, W, C] and y [B, OH, OW, C]");
+  }
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0) {
+    return ffi::Error::InvalidArgument("AutofuseMaxPoolNHWC: bad window attributes");
+  }
+  MaxPoolProblem problem{x.typed_data(), y->typed_data(), xd[0], xd[1], xd[2], xd[3], yd[1], yd[2],
+                         kh, kw, sh, sw, ph, pw, dh, dw};
+  const int64_t rows = problem.b * problem.oh;
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), rows});
+  if (workers <= 1 || y->element_count() * kh * kw < kMinParallelMacs) {
+    problem.Run({0, rows, 0, 0});
     return ffi::Error::Success();
   }
-  auto work = std::make_shared<Work<AttentionProblem>>();
+  auto work = std::make_shared<Work<MaxPoolProblem>>();
   work->p = problem;
-  work->parts = parts;
+  work->parts = workers;
   for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
   work->Drain();
   work->Wait();
@@ -682,6 +787,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseAttention, AttentionImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .OptionalArg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseMaxPoolNHWC, MaxPoolImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseAttentionQKV, AttentionQKVImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .OptionalArg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

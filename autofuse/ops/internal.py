@@ -97,8 +97,19 @@ def _reduce_window_nhwc(x, init, fn, kernel, strides, dilations, pads):
 
 @op("MaxPoolNHWC", mapping=MANY_TO_MANY, domain=DOMAIN)
 def max_pool_nhwc(ctx: Ctx, x):
+    """Channels-last max pooling; 2-D float32 pools run autofuse's native kernel on CPU."""
     kernel, strides, dilations, pads, extra = _pool_window(ctx, _channels_first_shape(x))
-    return _reduce_window_nhwc(x, _lowest(x.dtype), lax.max, kernel, strides, dilations, _merge(pads, extra))
+    pads = _merge(pads, extra)
+
+    def xla(x):
+        return _reduce_window_nhwc(x, _lowest(x.dtype), lax.max, kernel, strides, dilations, pads)
+
+    if x.ndim != 4:
+        return xla(x)
+    from autofuse.gemm import max_pool_nhwc as native_max_pool
+
+    return native_max_pool(x, kernel=kernel, strides=strides, dilations=dilations,
+                           pads=(pads[0][0], pads[1][0], pads[0][1], pads[1][1]), xla=xla)
 
 
 @op("AveragePoolNHWC", mapping=MANY_TO_MANY, domain=DOMAIN)

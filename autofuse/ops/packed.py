@@ -12,6 +12,8 @@ is packed there, once (`autofuse.gemm.pack_weight`):
 * `PackedAttention(q, k, v, bias?)`: softmax(`scale` * q k^T + bias) v per batch and
   head, with q, k, v and the output in [B, S, H, D] layout; the bias broadcasts to
   [B, H, Sq, Skv].
+* `PackedAttentionQKV(qkv, bias?)`: the same with q, k and v the three parts of qkv's last
+  axis, [B, S, 3 * `heads` * D] (a fused projection's output, read in place).
 """
 from __future__ import annotations
 
@@ -70,3 +72,19 @@ def packed_attention(ctx: Ctx, q, k, v, bias=None):
     from autofuse.gemm import attention
 
     return attention(q, k, v, bias, scale=float(ctx.attr("scale", 1.0)))
+
+
+def _qkv_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:
+    """4 * B * H * S * S * D."""
+    y = outputs[0] if outputs else None
+    if y is None or not y.is_static or len(y.shape) != 4:
+        return 0.0
+    b, s, h, d = y.shape
+    return 4.0 * b * h * s * s * d
+
+
+@op("PackedAttentionQKV", mapping=MANY_TO_MANY, domain=DOMAIN, flops=_qkv_flops)
+def packed_attention_qkv(ctx: Ctx, qkv, bias=None):
+    from autofuse.gemm import attention_qkv
+
+    return attention_qkv(qkv, int(ctx.attr("heads")), bias, scale=float(ctx.attr("scale", 1.0)))

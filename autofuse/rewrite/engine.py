@@ -23,6 +23,7 @@ from autofuse.ir import (
     TensorType,
     live_nodes,
     subgraph_free_values,
+    topological_order,
 )
 from autofuse.settle import settle
 
@@ -252,7 +253,16 @@ def apply(model: Model, match: Match, replacement: Replacement) -> Model:
     weights = {k: v for k, v in weights.items() if k in used}
     constants = {k: v for k, v in constants.items() if k in used}
     defined = set(graph.inputs) | set(weights) | set(constants) | {o for n in nodes for o in n.outputs}
-    _check_defined(nodes, graph.outputs, defined)
+    try:
+        _check_defined(nodes, graph.outputs, defined)
+    except RewriteError:
+        # A replacement of matches spread over the graph (siblings merged into one node)
+        # sits where the last one was: readers of the earlier ones move after it.
+        try:
+            nodes = list(topological_order(nodes, set(graph.inputs) | set(weights) | set(constants)))
+        except ValueError:
+            raise RewriteError(f"after a rewrite the graph has a cycle or undefined values") from None
+        _check_defined(nodes, graph.outputs, defined)
     types = {k: v for k, v in types.items() if k in defined}
     new_graph = graph.replace(
         nodes=tuple(nodes),

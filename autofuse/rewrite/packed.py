@@ -19,6 +19,15 @@ Epilogues folded into a packed op that feeds them alone (`PACKED_EPILOGUE`):
 * `packed_relu`: Relu(P) -> P clamped below at 0.
 * `packed_clip`: Clip(P, min, max) with constant bounds (ReLU6) -> P clamped to them.
 
+Folds that merge:
+
+* `packed_siblings`: packed products of one input (BERT's q, k and v projections), without
+  residual or clamp -> one product of the weights side by side, then a Split: the input is
+  packed once and the product spreads over more threads.
+* `attention_qkv`: PackedAttention whose q, k and v are Reshapes of the three equal parts of
+  one Split along the last axis (a fused projection: GPT-2, or `packed_siblings`) ->
+  PackedAttentionQKV reading the projection's output in place (no Split copies).
+
 `PACKED` is the whole-model family (`--rewrite ...,packed`); `PACKED_RULES` and
 `PACKED_ALTERNATIVES` are the per-op choices for the tuner.
 """
@@ -29,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from autofuse.gemm import pack_weight
+from autofuse.gemm import pack_weight, unpack_weight
 from autofuse.ir import Node
 from autofuse.ops.packed import DOMAIN
 from autofuse.rewrite.algorithm import ATTENTION_UNIT, attention_plan, split_scalar
@@ -336,6 +345,90 @@ def _fold_clamp(m: Match, view: View) -> Replacement:
     return Replacement(nodes=(packed.replace(outputs=clamp.outputs, attrs=tuple(sorted(attrs.items()))),))
 
 
+def _plain_product(node: Node) -> bool:
+    return (node.op_type == "PackedMatMul" and node.domain == DOMAIN and len(node.inputs) == 3
+            and not _clamped(node))
+
+
+def _match_siblings(node: Node, view: View) -> Match | None:
+    if not _plain_product(node):
+        return None
+    siblings = [c for c in view.consumers(node.inputs[0]) if _plain_product(c)]
+    return tuple(siblings) if len(siblings) > 1 and siblings[-1] is node else None
+
+
+def _check_siblings(m: Match, view: View) -> str | None:
+    waiting = [c for c in view.consumers(m[0].inputs[0]) if c.op_type in PACKED_ALTERNATIVES
+               and any(PACKED_RULES[r].check((c,), view) is None for r in PACKED_ALTERNATIVES[c.op_type])]
+    if waiting:
+        return f"{waiting[0].label} reads the same input and may be packed first"
+    if len({view.shape(n.outputs[0])[:-1] if view.shape(n.outputs[0]) else None for n in m}) != 1:
+        return "the products' outputs are not shaped alike"
+    if any(view.tensor(n.inputs[1]) is None or view.tensor(n.inputs[2]) is None for n in m):
+        return "a packed weight or bias is not a constant"
+    return None
+
+
+def _merge_siblings(m: Match, view: View) -> Replacement:
+    k = view.shape(m[0].inputs[0])[-1]
+    widths = [int(n.attr("n")) for n in m]
+    weights = [np.asarray(unpack_weight(view.tensor(n.inputs[1]), k, w)) for n, w in zip(m, widths)]
+    bias = np.concatenate([np.asarray(view.tensor(n.inputs[2]), np.float32).reshape(-1) for n in m])
+    merged = _packed("PackedMatMul", m[0].inputs[0], np.concatenate(weights, axis=1), bias,
+                     (view.fresh(f"{m[0].name or 'packed'}_merged"),), m[0].name, view)
+    product = merged.nodes[0]
+    sizes = view.fresh(f"{m[0].name or 'packed'}_split")
+    split = Node("Split", (product.outputs[0], sizes), tuple(o for n in m for o in n.outputs), (("axis", -1),), "",
+                 f"{m[0].name}_split")
+    return Replacement(nodes=(product, split), tensors={**merged.tensors, sizes: np.asarray(widths, np.int64)})
+
+
+def _qkv_source(node: Node, view: View) -> tuple[Node, str] | None:
+    """(Split, its input) when the attention's q, k, v are Reshapes of its three equal outputs, in order."""
+    reshapes = [view.producer(value, "Reshape") for value in node.inputs[:3]]
+    if any(r is None for r in reshapes):
+        return None
+    split = view.producer(reshapes[0].inputs[0], "Split")
+    if split is None or len(split.outputs) != 3 or [r.inputs[0] for r in reshapes] != list(split.outputs):
+        return None
+    return split, split.inputs[0]
+
+
+def _match_qkv(node: Node, view: View) -> Match | None:
+    if node.op_type != "PackedAttention" or node.domain != DOMAIN or _qkv_source(node, view) is None:
+        return None
+    return (node,)
+
+
+def _check_qkv(m: Match, view: View) -> str | None:
+    node = m[0]
+    split, source = _qkv_source(node, view)
+    shape, parts = view.shape(source), [view.shape(o) for o in split.outputs]
+    q, k, v = (view.shape(value) for value in node.inputs[:3])
+    if shape is None or any(p is None for p in parts) or None in (q, k, v):
+        return "shapes are unknown"
+    rank = len(shape)
+    if int(split.attr("axis", 0)) % rank != rank - 1 or len({tuple(p) for p in parts}) != 1:
+        return "the Split does not cut the last axis in three equal parts"
+    if not (q == k == v) or rank != 3 or tuple(shape[:2]) != tuple(q[:2]):
+        return "q, k and v are not [B, S, H, D] parts of a [B, S, 3*H*D] projection"
+    return None
+
+
+def _qkv(m: Match, view: View) -> Replacement:
+    node = m[0]
+    _, source = _qkv_source(node, view)
+    heads = view.shape(node.inputs[0])[2]
+    attrs = _attrs(scale=float(node.attr("scale", 1.0)), heads=int(heads))
+    return Replacement(nodes=(Node("PackedAttentionQKV", (source,) + node.inputs[3:], node.outputs, attrs, DOMAIN,
+                                   node.name),))
+
+
+PACKED_SIBLINGS = Rule("packed_siblings", FAMILY, frozenset({"PackedMatMul"}), _match_siblings, _check_siblings,
+                       _merge_siblings)
+ATTENTION_QKV = Rule("attention_qkv", FAMILY, frozenset({"PackedAttention"}), _match_qkv, _check_qkv, _qkv)
+
+
 # A two-input Sum is an Add (ResNet's zoo export joins its shortcuts with Sum).
 PACKED_BIAS = Rule("packed_bias", FAMILY, frozenset({"Add", "Sum"}), _match_add, _check_bias, _fold_bias)
 PACKED_RESIDUAL = Rule("packed_residual", FAMILY, frozenset({"Add", "Sum"}), _match_add, _check_residual,
@@ -355,5 +448,6 @@ PACKED_ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "Transpose": ("attention_packed",),
 }
 
-PACKED_EPILOGUE = RuleSet("packed_epilogue", (PACKED_BIAS, PACKED_RESIDUAL, PACKED_RELU, PACKED_CLIP))
+PACKED_EPILOGUE = RuleSet("packed_epilogue", (PACKED_BIAS, PACKED_RESIDUAL, PACKED_RELU, PACKED_CLIP,
+                                              PACKED_SIBLINGS, ATTENTION_QKV))
 PACKED = RuleSet("packed", _CHOICES + PACKED_EPILOGUE.rules)
