@@ -18,9 +18,14 @@ import numpy as np
 
 from autofuse.costmodel.base import AnalyticModel, Sample
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 OP_BUCKETS = 32
-ALGORITHM_BUCKETS = 16
+# The words algorithm choices are named with (`conv_packed`, `winograd_f4x4_3x3`, ...): one
+# feature each, so that no two choices share a feature (hashed names did) and a new
+# choice such as `foo_packed` still says what it is; words outside the list count in one more.
+ALGORITHM_WORDS = ("default", "packed", "im2col", "winograd", "f2x2", "f4x4", "3x3", "weight", "nk", "unit",
+                   "attention", "gelu", "erf", "tanh", "layernorm", "depthwise", "conv", "nhwc", "matmul", "gemm",
+                   "blas", "sparse")
 NODE_DECISION_BUCKETS = 8
 GLOBAL_BUCKETS = 32
 ISA_BUCKETS = 16
@@ -87,8 +92,9 @@ def _node_features(node: Mapping[str, Any], decisions: Mapping[str, Any]) -> lis
     second = _dims(in_shapes[1]) if len(in_shapes) > 1 else [0.0] * 4
     out_shape = node.get("out_shape") or []
     flops, moved = float(node.get("flops") or 0.0), float(node.get("bytes") or 0.0)
-    algorithm = [0.0] * ALGORITHM_BUCKETS
-    algorithm[bucket(str(decisions.get("algorithm", "default")), ALGORITHM_BUCKETS)] = 1.0
+    algorithm = [0.0] * (len(ALGORITHM_WORDS) + 1)
+    for word in str(decisions.get("algorithm", "default")).split("_"):
+        algorithm[ALGORITHM_WORDS.index(word) if word in ALGORITHM_WORDS else -1] += 1.0
     other = [0.0] * NODE_DECISION_BUCKETS
     for name, value in decisions.items():
         if name != "algorithm":

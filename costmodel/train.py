@@ -41,8 +41,8 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
-    regression_weight: float = 0.3
-    margin: float = 0.03  # log-latency differences below this count as ties (3%)
+    regression_weight: float = 0.1
+    margin: float = 0.01  # log-latency differences below this count as ties (1%)
     seed: int = 0
 
 

@@ -173,12 +173,20 @@ def aggregate_repeats(frame: Any) -> Any:
     return out.drop_duplicates(keys).reset_index(drop=True)
 
 
-def task_weights(models: Sequence[str]) -> dict[str, dict[str, int]]:
-    """For each model, how often each of its tasks runs per inference (workload key -> count)."""
-    from autofuse.api import import_onnx
+def task_weights(models: Sequence[str],
+                 rewrites: Sequence[Sequence[str]] = ((), DEFAULT_REWRITES)) -> dict[str, dict[str, int]]:
+    """For each model, how often each of its tasks runs per inference (workload key -> count),
+    for the tasks cut after each of `rewrites` (as `collect` cut them; keys never collide)."""
+    from autofuse.api import import_onnx, rewrite_model
     from autofuse.search.task import extract_tasks
 
-    return {m: {t.key: t.weight for t in extract_tasks(import_onnx(m))} for m in models}
+    weights: dict[str, dict[str, int]] = {}
+    for name in models:
+        model = import_onnx(name)
+        for families in rewrites:
+            cut = rewrite_model(model, families).model if families else model
+            weights.setdefault(name, {}).update({t.key: t.weight for t in extract_tasks(cut)})
+    return weights
 
 
 def samples_of(frame: Any) -> tuple[list[Sample], np.ndarray, np.ndarray]:

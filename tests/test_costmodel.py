@@ -94,6 +94,17 @@ def test_decisions_change_the_features_they_belong_to():
     assert not np.array_equal(featurize(sample({"global/layout": "nhwc"})).globals, default.globals)
 
 
+def test_every_algorithm_choice_has_its_own_features():
+    from autofuse.search.space import choice_rules
+
+    names = ["default", *sorted(choice_rules())]
+    rows = {name: featurize(sample({"node:0/algorithm": name})).nodes[0].tobytes() for name in names}
+    assert len(set(rows.values())) == len(names)  # hashed names used to collide (conv_packed, matmul_weight_nk)
+    unknown = featurize(sample({"node:0/algorithm": "brand_new_packed"})).nodes[0]
+    packed = featurize(sample({"node:0/algorithm": "conv_packed"})).nodes[0]
+    assert np.count_nonzero(unknown != packed) == 2  # 'conv' vs an unknown word; 'packed' shared
+
+
 def test_batch_pads_to_powers_of_two_with_a_padding_graph():
     graphs = [featurize(sample({})), featurize(sample({}, {"nodes": [], "edges": []})), featurize(sample({}))]
     b = batch(graphs)
