@@ -122,7 +122,7 @@ def _register_native_kernels(blob: bytes) -> None:
 
         kernel_target()
     if any(target in blob for target in (b"autofuse_gemm", b"autofuse_conv_nhwc", b"autofuse_attention",
-                                               b"autofuse_max_pool_nhwc")):
+                                               b"autofuse_max_pool_nhwc", b"autofuse_layer_norm")):
         from autofuse.gemm import kernel_targets
 
         kernel_targets()

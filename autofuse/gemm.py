@@ -41,8 +41,10 @@ CONV_TARGET = "autofuse_conv_nhwc"
 ATTENTION_TARGET = "autofuse_attention"
 MAX_POOL_TARGET = "autofuse_max_pool_nhwc"
 ATTENTION_QKV_TARGET = "autofuse_attention_qkv"
+LAYER_NORM_TARGET = "autofuse_layer_norm"
 HANDLERS = {GEMM_TARGET: "AutofuseGemm", CONV_TARGET: "AutofuseConvNHWC", ATTENTION_TARGET: "AutofuseAttention",
-            MAX_POOL_TARGET: "AutofuseMaxPoolNHWC", ATTENTION_QKV_TARGET: "AutofuseAttentionQKV"}
+            MAX_POOL_TARGET: "AutofuseMaxPoolNHWC", ATTENTION_QKV_TARGET: "AutofuseAttentionQKV",
+            LAYER_NORM_TARGET: "AutofuseLayerNorm"}
 
 
 def panels(n: int) -> int:
@@ -278,3 +280,28 @@ def max_pool_nhwc(x: jax.Array, *, kernel: Sequence[int], strides: Sequence[int]
             ph=np.int64(pads[0]), pw=np.int64(pads[1]), dh=np.int64(dilations[0]), dw=np.int64(dilations[1]))
 
     return jax.lax.platform_dependent(x, cpu=call, default=xla)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None = None, *, eps: float = 1e-5) -> jax.Array:
+    """Layer normalization over the last axis of x, then * scale (+ bias), both of its size."""
+    n = x.shape[-1]
+    scale = scale.reshape((n,))
+    bias = None if bias is None else bias.reshape((n,))
+
+    def xla(x, scale, *rest):
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + jnp.asarray(eps, x.dtype)) * scale
+        return y + rest[0] if rest else y
+
+    operands = (x, scale) + ((bias,) if bias is not None else ())
+    if not _use_kernel(*operands) or x.size == 0:
+        return xla(*operands)
+
+    def call(x, *rest):
+        rows = x.reshape((-1, n))
+        y = jax.ffi.ffi_call(LAYER_NORM_TARGET, jax.ShapeDtypeStruct(rows.shape, jnp.float32))(
+            rows, *rest, eps=np.float32(eps))
+        return y.reshape(x.shape)
+
+    return jax.lax.platform_dependent(*operands, cpu=call, default=xla)

@@ -217,3 +217,16 @@ def test_attention_of_a_fused_projection_reads_it_in_place(kernel, bias):
     np.testing.assert_allclose(np.asarray(fn(*args)), _attention_reference(q, k, v, mask, 0.3), rtol=2e-5, atol=2e-6)
     with pytest.raises(AutofuseError, match=r"qkv \(2, 9, 96\) is not \[B, S, 3 \* 5 \* D\]"):
         gemm.attention_qkv(qkv, 5)
+
+
+@pytest.mark.parametrize("shape, bias", [((128, 768), True), ((3, 5, 20), False), ((1, 1), True)])
+def test_layer_norm_kernel_equals_the_formula(kernel, shape, bias):
+    rng = _rng(4)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    scale, shift = rng.standard_normal(shape[-1]).astype(np.float32), rng.standard_normal(shape[-1]).astype(np.float32)
+    args = (x, scale) + ((shift,) if bias else ())
+    fn = jax.jit(lambda x, s, *b: gemm.layer_norm(x, s, b[0] if b else None, eps=1e-5))
+    assert f"custom_call @{gemm.LAYER_NORM_TARGET}" in fn.lower(*args).as_text()
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * scale + (shift if bias else 0)
+    np.testing.assert_allclose(np.asarray(fn(*args)), ref, rtol=1e-5, atol=1e-5)

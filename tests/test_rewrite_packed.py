@@ -300,6 +300,35 @@ def test_siblings_wait_for_a_product_not_packed_yet():
     assert_equivalent(model, merged.model)
 
 
+# ---------------------------------------------------------------- LayerNormalization
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_over_the_last_axis_runs_natively(bias):
+    inputs = ["x", "g", "b"] if bias else ["x", "g"]
+    weights = {"g": rng_array(16, seed=1), "b": rng_array(16, seed=2)}
+    model = tiny([helper.make_node("LayerNormalization", inputs, ["y"], axis=-1, epsilon=1e-3)], {"x": [2, 3, 16]},
+                 ["y"], {k: v for k, v in weights.items() if k in inputs})
+    result = only("layernorm_packed", model)
+    assert result.fired == {"layernorm_packed": 1} and ops(result.model) == ["PackedLayerNorm"]
+    assert result.model.graph.nodes[0].attr("epsilon") == pytest.approx(1e-3)
+    assert_equivalent(model, result.model)
+
+
+def test_layer_norm_declines_with_reasons():
+    weights = {"g": rng_array(3, 16, seed=1)}
+    two_axes = tiny([helper.make_node("LayerNormalization", ["x", "g"], ["y"], axis=1)], {"x": [2, 3, 16]}, ["y"],
+                    weights)
+    assert only("layernorm_packed", two_axes).declined == {
+        "layernorm_packed": {"it normalises over more than the last axis": 1}}
+    runtime_scale = tiny([helper.make_node("LayerNormalization", ["x", "s"], ["y"])], {"x": [2, 16], "s": [16]}, ["y"])
+    assert only("layernorm_packed", runtime_scale).declined == {
+        "layernorm_packed": {"the scale is not a constant float32 vector of the last axis' size": 1}}
+    mean_used = tiny([helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean"])], {"x": [2, 16]},
+                     ["y", "mean"], {"g": rng_array(16)})
+    assert only("layernorm_packed", mean_used).declined == {
+        "layernorm_packed": {"its Mean or InvStdDev output is used": 1}}
+
+
 # ---------------------------------------------------------------- sets, alternatives, a small CNN
 
 def test_alternatives_are_single_node_choices_the_search_can_place():

@@ -1,7 +1,7 @@
 // Matrix products and NHWC convolutions with a pre-packed constant weight, as XLA FFI
 // custom calls (CPU): autofuse's own GEMM, with bias, residual add and clamp fused; and,
-// on the same tiles and threads, attention between [B, S, H, D] values and NHWC max pooling
-// (see their sections below).
+// on the same tiles and threads, attention between [B, S, H, D] values, NHWC max pooling
+// and layer normalization (see their sections below).
 //
 //   AutofuseGemm      x f32 [M, K], w f32 [K * P * 32], bias f32 [N], residual? f32 [M, N] -> y f32 [M, N]
 //   AutofuseConvNHWC  x f32 [B, H, W, C], w f32 [K * P * 32] (K = KH*KW*C), bias f32 [N],
@@ -750,6 +750,87 @@ ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Resul
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------ layer normalization
+//
+// y = (x - mean) / sqrt(var + eps) * scale + bias over the last axis, row by row (rows
+// stay in L1: mean, then the variance about it, then the output), rows split over threads.
+
+struct LayerNormProblem {
+  const float *x, *scale, *bias;  // bias may be null
+  float* y;
+  int64_t m, n;
+  float eps;
+
+  void Run(const Part& part) const {
+    for (int64_t row = part.m0; row < part.m1; ++row) {
+      const float* in = x + row * n;
+      float* out = y + row * n;
+#if defined(__AVX512F__)
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 mask = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, in + j));
+      }
+      const float mean = _mm512_reduce_add_ps(acc) / static_cast<float>(n);
+      const __m512 center = _mm512_set1_ps(mean);
+      acc = _mm512_setzero_ps();
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 mask = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+        const __m512 d = _mm512_maskz_sub_ps(mask, _mm512_maskz_loadu_ps(mask, in + j), center);
+        acc = _mm512_fmadd_ps(d, d, acc);
+      }
+      const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(n) + eps));
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 mask = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+        const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, in + j), center), inv);
+        const __m512 shift = bias ? _mm512_maskz_loadu_ps(mask, bias + j) : _mm512_setzero_ps();
+        _mm512_mask_storeu_ps(out + j, mask, _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(mask, scale + j), shift));
+      }
+#else
+      float mean = 0.0f, var = 0.0f;
+      for (int64_t j = 0; j < n; ++j) mean += in[j];
+      mean /= static_cast<float>(n);
+      for (int64_t j = 0; j < n; ++j) var += (in[j] - mean) * (in[j] - mean);
+      const float inv = 1.0f / std::sqrt(var / static_cast<float>(n) + eps);
+      for (int64_t j = 0; j < n; ++j) out[j] = (in[j] - mean) * inv * scale[j] + (bias ? bias[j] : 0.0f);
+#endif
+    }
+  }
+};
+
+Part Piece(const LayerNormProblem& p, bool, int64_t index, int64_t parts) {
+  return {p.m * index / parts, p.m * (index + 1) / parts, 0, 0};
+}
+
+constexpr int64_t kMinParallelElements = 1 << 15;
+
+ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                         std::optional<ffi::Buffer<ffi::F32>> bias, ffi::ResultBuffer<ffi::F32> y, float eps) {
+  const auto xd = x.dimensions();
+  if (xd.size() != 2 || y->element_count() != x.element_count()) {
+    return ffi::Error::InvalidArgument("AutofuseLayerNorm: x must be [M, N] and y shaped like it");
+  }
+  const int64_t m = xd[0], n = xd[1];
+  if (scale.element_count() != static_cast<size_t>(n) ||
+      (bias.has_value() && bias->element_count() != static_cast<size_t>(n))) {
+    return ffi::Error::InvalidArgument("AutofuseLayerNorm: scale and bias must hold N elements");
+  }
+  LayerNormProblem problem{x.typed_data(), scale.typed_data(), bias.has_value() ? bias->typed_data() : nullptr,
+                           y->typed_data(), m, n, eps};
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), m});
+  if (workers <= 1 || m * n < kMinParallelElements) {
+    problem.Run({0, m, 0, 0});
+    return ffi::Error::Success();
+  }
+  auto work = std::make_shared<Work<LayerNormProblem>>();
+  work->p = problem;
+  work->parts = workers;
+  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  work->Wait();
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseGemm, GemmImpl,
@@ -813,3 +894,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseAttentionQKV, AttentionQKVImpl,
                                   .OptionalArg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseLayerNorm, LayerNormImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .OptionalArg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));

@@ -14,6 +14,8 @@ is packed there, once (`autofuse.gemm.pack_weight`):
   [B, H, Sq, Skv].
 * `PackedAttentionQKV(qkv, bias?)`: the same with q, k and v the three parts of qkv's last
   axis, [B, S, 3 * `heads` * D] (a fused projection's output, read in place).
+* `PackedLayerNorm(x, scale, bias?)`: LayerNormalization over the last axis (attribute
+  `epsilon`), Y only.
 """
 from __future__ import annotations
 
@@ -88,3 +90,10 @@ def packed_attention_qkv(ctx: Ctx, qkv, bias=None):
     from autofuse.gemm import attention_qkv
 
     return attention_qkv(qkv, int(ctx.attr("heads")), bias, scale=float(ctx.attr("scale", 1.0)))
+
+
+@op("PackedLayerNorm", mapping=MANY_TO_MANY, domain=DOMAIN)
+def packed_layer_norm(ctx: Ctx, x, scale, bias=None):
+    from autofuse.gemm import layer_norm
+
+    return layer_norm(x, scale, bias, eps=float(ctx.attr("epsilon", 1e-5)))

@@ -11,6 +11,8 @@ Algorithm choices, one per op (the weight is packed here, once, by
 * `attention_packed`: Transpose(MatMul(Softmax(MatMul(Transpose(q), Transpose(k)) * s [+ bias]),
   Transpose(v)), (0, 2, 1, 3)) with q, k, v in [B, S, H, D] layout (as the projections write
   them: BERT, GPT-2) -> PackedAttention(q, k, v, bias?): none of the four transposes runs.
+* `layernorm_packed`: LayerNormalization over the last axis with constant float32 scale
+  (and bias), Y alone used -> PackedLayerNorm: one pass per row instead of XLA's reductions.
 
 Epilogues folded into a packed op that feeds them alone (`PACKED_EPILOGUE`):
 
@@ -221,6 +223,37 @@ def _heads(m: Match, view: View) -> Replacement:
 
 
 ATTENTION_PACKED = Rule("attention_packed", FAMILY, frozenset({"Transpose"}), _match_heads, _check_heads, _heads)
+
+
+# ---------------------------------------------------------------- LayerNormalization
+
+def _check_layer_norm(m: Match, view: View) -> str | None:
+    node = m[0]
+    shape = view.shape(node.inputs[0])
+    if shape is None or not shape:
+        return "the input's shape is unknown"
+    if int(node.attr("axis", -1)) % len(shape) != len(shape) - 1:
+        return "it normalises over more than the last axis"
+    if any(o for o in node.outputs[1:]) and any(view.consumers(o) or view.is_output(o) for o in node.outputs[1:] if o):
+        return "its Mean or InvStdDev output is used"
+    for value, what in ((node.inputs[1], "scale"), (node.inputs[2] if len(node.inputs) > 2 else "", "bias")):
+        if not value:
+            continue
+        tensor = view.tensor(value)
+        if tensor is None or tensor.dtype != np.float32 or tensor.size != shape[-1]:
+            return f"the {what} is not a constant float32 vector of the last axis' size"
+    return float32_decline(view, node.inputs[0], "the input")
+
+
+def _layer_norm(m: Match, view: View) -> Replacement:
+    node = m[0]
+    inputs = tuple(v for v in node.inputs[:3] if v)
+    attrs = _attrs(epsilon=float(node.attr("epsilon", 1e-5)))
+    return Replacement(nodes=(Node("PackedLayerNorm", inputs, node.outputs[:1], attrs, DOMAIN, node.name),))
+
+
+LAYERNORM_PACKED = Rule("layernorm_packed", FAMILY, frozenset({"LayerNormalization"}), _root, _check_layer_norm,
+                        _layer_norm)
 
 
 # ---------------------------------------------------------------- epilogues
@@ -439,13 +472,13 @@ PACKED_CLIP = Rule("packed_clip", FAMILY, frozenset({"Clip"}), _match_clamp, _ch
 
 # ---------------------------------------------------------------- rule sets
 
-_CHOICES = (MATMUL_PACKED, GEMM_PACKED, CONV_PACKED, ATTENTION_PACKED)
+_CHOICES = (MATMUL_PACKED, GEMM_PACKED, CONV_PACKED, ATTENTION_PACKED, LAYERNORM_PACKED)
 PACKED_RULES: dict[str, Rule] = {rule.name: rule for rule in _CHOICES}
 
 # Per root op type, the packed form a node of that type may take (besides staying as it is).
 PACKED_ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "MatMul": ("matmul_packed",), "Gemm": ("gemm_packed",), "ConvNHWC": ("conv_packed",),
-    "Transpose": ("attention_packed",),
+    "Transpose": ("attention_packed",), "LayerNormalization": ("layernorm_packed",),
 }
 
 PACKED_EPILOGUE = RuleSet("packed_epilogue", (PACKED_BIAS, PACKED_RESIDUAL, PACKED_RELU, PACKED_CLIP,
