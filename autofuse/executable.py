@@ -14,7 +14,7 @@ from autofuse.lowering import evaluate
 
 # Custom-call targets of autofuse's native kernels (registered by autofuse.blas, autofuse.gemm, autofuse.sparsity).
 NATIVE_TARGETS = ("autofuse_blas_matmul", "autofuse_gemm", "autofuse_conv_nhwc", "autofuse_attention",
-                  "autofuse_attention_qkv", "autofuse_max_pool_nhwc", "autofuse_layer_norm",
+                  "autofuse_attention_qkv", "autofuse_max_pool_nhwc", "autofuse_layer_norm", "autofuse_winograd_nhwc",
                   "autofuse_sparse_matmul")
 
 # XLA turns optimization barriers into no-ops before fusion unless this pass is off.

@@ -96,6 +96,53 @@ def test_conv_kernel_equals_xla(kernel, x_shape, kernel_hw, n, strides, pads, di
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("x_shape, n, pads", [
+    ((1, 14, 14, 40), 64, (1, 1, 1, 1)),
+    ((2, 9, 11, 5), 37, (1, 1, 1, 1)),      # odd sizes: the last tiles are cut, batch 2
+    ((1, 8, 7, 300), 33, (0, 1, 2, 0)),     # asymmetric pads, C spans several reduction blocks
+    ((1, 6, 6, 17), 70, (0, 0, 0, 0)),      # valid: 4x4 outputs
+    ((1, 3, 3, 4), 3, (2, 2, 2, 2)),        # more padding than image
+])
+@pytest.mark.parametrize("residual", [False, True])
+def test_winograd_kernel_equals_the_convolution(kernel, x_shape, n, pads, residual):
+    rng = _rng(n)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((3, 3, x_shape[-1], n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    shape = gemm.conv_output_shape(x_shape, (3, 3), (1, 1), pads, (1, 1), n)
+    r = rng.standard_normal(shape).astype(np.float32) if residual else None
+
+    def run(x, up, b, *r):
+        return gemm.winograd_nhwc(x, up, b, n, pads=pads, residual=r[0] if r else None, lo=0.0)
+
+    up = gemm.pack_winograd(w)
+    got = np.asarray(jax.jit(run)(x, up, b, *(() if r is None else (r,))))
+    expected = _conv_reference(x, w, b, (1, 1), pads, (1, 1), r)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    hlo = jax.jit(run).lower(x, up, b, *(() if r is None else (r,))).as_text()
+    assert hlo.count(f"custom_call @{gemm.WINOGRAD_TARGET}") == 1
+
+
+def test_winograd_xla_form_recovers_the_kernel_and_nan_propagates(monkeypatch, kernel):
+    w = _rng().standard_normal((3, 3, 6, 5)).astype(np.float32)
+    up = gemm.pack_winograd(w)
+    assert up.shape == (16 * 6 * 32,)
+    np.testing.assert_allclose(np.asarray(gemm.unpack_winograd(up, 6, 5)), w, rtol=1e-5, atol=1e-5)
+    x = _rng(1).standard_normal((1, 5, 5, 6)).astype(np.float32)
+    b = np.zeros(5, np.float32)
+    run = jax.jit(lambda x, up, b: gemm.winograd_nhwc(x, up, b, 5, lo=0.0, hi=6.0))
+    native = np.asarray(run(x, up, b))
+    monkeypatch.setenv("AUTOFUSE_GEMM_KERNEL", "xla")
+    fallback = jax.jit(lambda x, up, b: gemm.winograd_nhwc(x, up, b, 5, lo=0.0, hi=6.0))
+    assert "custom_call" not in fallback.lower(x, up, b).as_text()
+    np.testing.assert_allclose(np.asarray(fallback(x, up, b)), native, rtol=1e-4, atol=1e-5)
+    monkeypatch.delenv("AUTOFUSE_GEMM_KERNEL")
+    x[0, 2, 2, 0] = np.nan
+    assert np.isnan(np.asarray(run(x, up, b))[0, 1:4, 1:4]).all()
+    with pytest.raises(AutofuseError, match="pack_winograd"):
+        gemm.pack_winograd(np.ones((5, 5, 2, 2), np.float32))
+
+
 def test_nan_propagates_through_the_clamp(kernel):
     x = np.full((3, 4), np.nan, np.float32)
     wp, b = gemm.pack_weight(np.ones((4, 2), np.float32)), np.zeros(2, np.float32)

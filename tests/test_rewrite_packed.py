@@ -102,6 +102,25 @@ def test_conv_nhwc_declines_grouped_implicit_pads_and_nchw():
     assert only("conv_packed", model).fired == {}  # an ONNX Conv is not a ConvNHWC root
 
 
+@pytest.mark.parametrize("x_shape, pads", [((1, 4, 12, 12), (1, 1, 1, 1)), ((2, 4, 7, 9), (0, 1, 2, 0))])
+def test_3x3_convolution_runs_as_winograd(x_shape, pads):
+    model, nhwc = conv_nhwc((6, 4, 3, 3), x_shape=x_shape, pads=list(pads))
+    result = only("conv_winograd_packed", nhwc)
+    assert result.fired == {"conv_winograd_packed": 1}
+    assert ops(result.model).count("PackedWinogradNHWC") == 1 and "ConvNHWC" not in ops(result.model)
+    assert_equivalent(model, result.model)
+
+
+def test_winograd_declines_with_reasons():
+    _, strided = conv_nhwc((6, 4, 3, 3), strides=[2, 2])
+    assert only("conv_winograd_packed", strided).declined == {"conv_winograd_packed": {"strided or dilated": 1}}
+    _, pointwise = conv_nhwc((6, 4, 1, 1))
+    assert only("conv_winograd_packed", pointwise).declined == {"conv_winograd_packed": {"not a 3x3 kernel": 1}}
+    _, large = conv_nhwc((6, 4, 3, 3), x_shape=(1, 4, 40, 40), pads=[1, 1, 1, 1])
+    assert only("conv_winograd_packed", large).declined == {"conv_winograd_packed": {
+        "400 output tiles per image (more than 256): the direct form is faster": 1}}
+
+
 # ---------------------------------------------------------------- epilogues
 
 def linear(bias_shape=(6,), relu=True, extra_reader=False, x_shape=(3, 5, 8)):

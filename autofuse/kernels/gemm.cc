@@ -29,10 +29,11 @@
 // accumulators, two weight loads and twelve broadcasts per step of k (a block's last
 // rows take an 8- or 4-row tile when they fit one). The product is
 // cut into parts along M (multiples of 12 rows) or N (multiples of 32 columns),
-// whichever re-reads less, and the parts are handed out from an atomic counter to
-// XLA's intra-op threads and the calling thread, so a thread the OS takes away delays
-// one part, not half the product. CPUs without AVX-512 run the same blocking with
-// plain C++ loops (correct, not fast).
+// whichever re-reads less, one part per thread (XLA's intra-op threads and the calling
+// thread, from an atomic counter): finer parts would let a thread that the OS takes
+// away delay less, but each part re-packs A or re-reads the weight, which measured
+// 2-15% slower on 2 cores. CPUs without AVX-512 run the same blocking with plain C++
+// loops (correct, not fast).
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -61,7 +62,7 @@ constexpr int64_t kKC = 256;  // reduction block (autofuse/gemm.py packs weights
 constexpr int64_t kNC = 1024;  // column block (a multiple of kNR)
 constexpr int64_t kPrefetchRows = 32;  // weight rows fetched ahead (4 KiB, ~ a memory latency of work)
 constexpr int64_t kMinParallelMacs = 1 << 17;
-constexpr int64_t kPartsPerThread = 4;
+constexpr int64_t kPartsPerThread = 1;
 constexpr int kSpins = 1000;  // pauses before a waiting caller blocks (tens of microseconds)
 
 // Where the tile's rows come from and where they go.
@@ -201,9 +202,8 @@ struct PatchRows {
     if (lo < hi) CopyRun(row + (lo - k0), src ? src + (lo - a) : nullptr, hi - lo);
   }
 
-  // Row r of the block = the window of output pixel m0 + r, reduction range [k0, k0 + kc).
-  // Window row by window row: zeros left of the image, the pixels inside it (one run of
-  // kw*C floats when undilated), zeros right of it; no per-element index arithmetic.
+  // Row r of the block = the window of output pixel m0 + r, reduction range [k0, k0 + kc),
+  // copied window row by window row; no per-element index arithmetic.
   void Pack(float* ap, int64_t m0, int64_t rows, int64_t k0, int64_t kc) const {
     int64_t b = m0 / (oh * ow), oy = (m0 / ow) % oh, ox = m0 % ow;
     const int64_t span = kw * c;
@@ -215,31 +215,45 @@ struct PatchRows {
         continue;
       }
       const int64_t y0 = oy * sh - ph, x0 = ox * sw - pw;
-      // Window columns inside the image: j in [j_lo, j_hi).
-      const int64_t j_lo = x0 >= 0 ? 0 : std::min(kw, (-x0 + dw - 1) / dw);
-      const int64_t j_hi = std::max(j_lo, x0 >= w ? 0 : std::min(kw, (w - 1 - x0) / dw + 1));
       const float* image = x + b * h * w * c;
-      for (int64_t i = i_first; i < i_end; ++i) {
-        const int64_t seg = i * span, iy = y0 + i * dh;
-        if (iy < 0 || iy >= h || j_lo == j_hi) {
-          Piece(row, k0, kc, seg, seg + span, nullptr);
-          continue;
-        }
-        const float* line = image + iy * w * c;
-        Piece(row, k0, kc, seg, seg + j_lo * c, nullptr);
-        if (dw == 1) {
-          Piece(row, k0, kc, seg + j_lo * c, seg + j_hi * c, line + (x0 + j_lo) * c);
-        } else {
-          for (int64_t j = j_lo; j < j_hi; ++j) {
-            Piece(row, k0, kc, seg + j * c, seg + (j + 1) * c, line + (x0 + j * dw) * c);
-          }
-        }
-        Piece(row, k0, kc, seg + j_hi * c, seg + span, nullptr);
+      if (dw == 1 && y0 + i_first * dh >= 0 && y0 + (i_end - 1) * dh < h && x0 >= 0 && x0 + kw <= w) {
+        // The block's window rows inside the image (most pixels): one run each.
+        const float* window = image + (y0 * w + x0) * c;
+        for (int64_t i = i_first; i < i_end; ++i) Piece(row, k0, kc, i * span, (i + 1) * span, window + i * dh * w * c);
+      } else {
+        PackEdge(row, image, y0, x0, k0, kc, i_first, i_end);
       }
       if (++ox == ow) {
         ox = 0;
         if (++oy == oh) oy = 0, ++b;
       }
+    }
+  }
+
+  // A row whose window crosses the image's border (or is dilated along w): per window
+  // row, zeros left of the image, the pixels inside it, zeros right of it.
+  void PackEdge(float* row, const float* image, int64_t y0, int64_t x0, int64_t k0, int64_t kc, int64_t i_first,
+                int64_t i_end) const {
+    const int64_t span = kw * c;
+    // Window columns inside the image: j in [j_lo, j_hi).
+    const int64_t j_lo = x0 >= 0 ? 0 : std::min(kw, (-x0 + dw - 1) / dw);
+    const int64_t j_hi = std::max(j_lo, x0 >= w ? 0 : std::min(kw, (w - 1 - x0) / dw + 1));
+    for (int64_t i = i_first; i < i_end; ++i) {
+      const int64_t seg = i * span, iy = y0 + i * dh;
+      if (iy < 0 || iy >= h || j_lo == j_hi) {
+        Piece(row, k0, kc, seg, seg + span, nullptr);
+        continue;
+      }
+      const float* line = image + iy * w * c;
+      Piece(row, k0, kc, seg, seg + j_lo * c, nullptr);
+      if (dw == 1) {
+        Piece(row, k0, kc, seg + j_lo * c, seg + j_hi * c, line + (x0 + j_lo) * c);
+      } else {
+        for (int64_t j = j_lo; j < j_hi; ++j) {
+          Piece(row, k0, kc, seg + j * c, seg + (j + 1) * c, line + (x0 + j * dw) * c);
+        }
+      }
+      Piece(row, k0, kc, seg + j_hi * c, seg + span, nullptr);
     }
   }
 };
@@ -831,6 +845,215 @@ ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------ Winograd F(2x2, 3x3)
+//
+// A stride-1, undilated 3x3 NHWC convolution as 16 products over 2x2 output tiles
+// (Lavin & Gray 2016): V = B^T d B of every 4x4 input tile (per channel), M_xi = V_xi @ U_xi
+// for the 16 positions xi of the transformed tile, Y = A^T M A, with the bias, residual
+// and clamp applied as the 2x2 outputs are stored. 2.25x fewer multiplies than the direct
+// form; the transforms are additions only. U_xi = (G g G^T)_xi is computed and packed
+// once, when the model is rewritten (autofuse/gemm.py, pack_winograd):
+//
+//   AutofuseWinogradNHWC  x f32 [B, H, W, C], u f32 [16 * C * P * 32], bias f32 [N],
+//                         residual? f32 [B, OH, OW, N] -> y f32 [B, OH, OW, N]
+//                         attributes ph, pw (top/left padding), lo, hi
+
+struct WinogradProblem {
+  const float* x;
+  const float* u;
+  Epilogue epilogue;
+  float* y;
+  float* v;      // scratch [16][tiles][c]
+  float* m;      // scratch [16][tiles][n]
+  const float* zeros;  // [n]
+  int64_t b, h, w, c, oh, ow, n, ph, pw, th, tw, tiles;
+  int stage;  // 0: input transform, 1: the products (one xi per part), 2: output transform
+
+  void Run(const Part& part) const {
+    if (stage == 1) {
+      const int64_t xi = part.m0;
+      Problem<MatrixRows>{{v + xi * tiles * c, c}, u + xi * c * ((n + kNR - 1) / kNR) * kNR,
+                          {zeros, nullptr, -INFINITY, INFINITY}, m + xi * tiles * n, tiles, c, n}
+          .Run({0, tiles, 0, n});
+      return;
+    }
+    for (int64_t t = part.m0; t < part.m1; ++t) {
+      if (stage == 0) {
+        Input(t);
+      } else {
+        Output(t);
+      }
+    }
+  }
+
+#if defined(__AVX512F__)
+  // V[:, t, :] = B^T d B of tile t's 4x4 input window (zeros outside the image).
+  void Input(int64_t t) const {
+    const int64_t bi = t / (th * tw), y0 = (t / tw) % th * 2 - ph, x0 = t % tw * 2 - pw;
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      const __mmask16 mask = c - c0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (c - c0)) - 1);
+      __m512 d[4][4];
+      for (int i = 0; i < 4; ++i) {
+        const int64_t iy = y0 + i;
+        for (int j = 0; j < 4; ++j) {
+          const int64_t ix = x0 + j;
+          d[i][j] = iy >= 0 && iy < h && ix >= 0 && ix < w
+                        ? _mm512_maskz_loadu_ps(mask, x + ((bi * h + iy) * w + ix) * c + c0)
+                        : _mm512_setzero_ps();
+        }
+      }
+      __m512 r[4][4];  // B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3
+      for (int j = 0; j < 4; ++j) {
+        r[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+        r[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+        r[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+        r[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+      }
+      for (int i = 0; i < 4; ++i) {  // (B^T d) B: the same on columns
+        const __m512 out[4] = {_mm512_sub_ps(r[i][0], r[i][2]), _mm512_add_ps(r[i][1], r[i][2]),
+                               _mm512_sub_ps(r[i][2], r[i][1]), _mm512_sub_ps(r[i][1], r[i][3])};
+        for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(v + ((i * 4 + j) * tiles + t) * c + c0, mask, out[j]);
+      }
+    }
+  }
+
+  // The 2x2 outputs of tile t = A^T M A, then the bias, the residual and the clamp.
+  void Output(int64_t t) const {
+    const int64_t bi = t / (th * tw), oy = (t / tw) % th * 2, ox = t % tw * 2;
+    const __m512 low = _mm512_set1_ps(epilogue.lo), high = _mm512_set1_ps(epilogue.hi);
+    const bool clamp_lo = epilogue.lo > -INFINITY, clamp_hi = epilogue.hi < INFINITY;
+    for (int64_t n0 = 0; n0 < n; n0 += 16) {
+      const __mmask16 mask = n - n0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - n0)) - 1);
+      __m512 s[2][4];  // A^T M: rows m0 + m1 + m2, m1 - m2 - m3
+      for (int j = 0; j < 4; ++j) {
+        const __m512 m0 = _mm512_maskz_loadu_ps(mask, m + ((0 * 4 + j) * tiles + t) * n + n0);
+        const __m512 m1 = _mm512_maskz_loadu_ps(mask, m + ((1 * 4 + j) * tiles + t) * n + n0);
+        const __m512 m2 = _mm512_maskz_loadu_ps(mask, m + ((2 * 4 + j) * tiles + t) * n + n0);
+        const __m512 m3 = _mm512_maskz_loadu_ps(mask, m + ((3 * 4 + j) * tiles + t) * n + n0);
+        s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+        s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+      }
+      const __m512 bias = _mm512_maskz_loadu_ps(mask, epilogue.bias + n0);
+      for (int i = 0; i < 2; ++i) {
+        if (oy + i >= oh) break;
+        const __m512 out[2] = {_mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]),
+                               _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3])};
+        for (int j = 0; j < 2; ++j) {
+          if (ox + j >= ow) break;
+          const int64_t at = ((bi * oh + oy + i) * ow + ox + j) * n + n0;
+          __m512 yv = _mm512_add_ps(out[j], bias);
+          if (epilogue.residual) yv = _mm512_add_ps(yv, _mm512_maskz_loadu_ps(mask, epilogue.residual + at));
+          if (clamp_lo) yv = _mm512_max_ps(low, yv);  // NaN stays NaN, as in the GEMM's epilogue
+          if (clamp_hi) yv = _mm512_min_ps(high, yv);
+          _mm512_mask_storeu_ps(y + at, mask, yv);
+        }
+      }
+    }
+  }
+#else
+  void Input(int64_t t) const {
+    const int64_t bi = t / (th * tw), y0 = (t / tw) % th * 2 - ph, x0 = t % tw * 2 - pw;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      float d[4][4], r[4][4];
+      for (int i = 0; i < 4; ++i) {
+        for (int j = 0; j < 4; ++j) {
+          const int64_t iy = y0 + i, ix = x0 + j;
+          d[i][j] = iy >= 0 && iy < h && ix >= 0 && ix < w ? x[((bi * h + iy) * w + ix) * c + ch] : 0.0f;
+        }
+      }
+      for (int j = 0; j < 4; ++j) {
+        r[0][j] = d[0][j] - d[2][j], r[1][j] = d[1][j] + d[2][j];
+        r[2][j] = d[2][j] - d[1][j], r[3][j] = d[1][j] - d[3][j];
+      }
+      for (int i = 0; i < 4; ++i) {
+        const float out[4] = {r[i][0] - r[i][2], r[i][1] + r[i][2], r[i][2] - r[i][1], r[i][1] - r[i][3]};
+        for (int j = 0; j < 4; ++j) v[((i * 4 + j) * tiles + t) * c + ch] = out[j];
+      }
+    }
+  }
+
+  void Output(int64_t t) const {
+    const int64_t bi = t / (th * tw), oy = (t / tw) % th * 2, ox = t % tw * 2;
+    for (int64_t k = 0; k < n; ++k) {
+      float s[2][4];
+      for (int j = 0; j < 4; ++j) {
+        const float* at = m + j * tiles * n + t * n + k;
+        const float m0 = at[0], m1 = at[4 * tiles * n], m2 = at[8 * tiles * n], m3 = at[12 * tiles * n];
+        s[0][j] = m0 + m1 + m2, s[1][j] = m1 - m2 - m3;
+      }
+      for (int i = 0; i < 2 && oy + i < oh; ++i) {
+        const float out[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
+        for (int j = 0; j < 2 && ox + j < ow; ++j) {
+          const int64_t at = ((bi * oh + oy + i) * ow + ox + j) * n + k;
+          float yv = out[j] + epilogue.bias[k] + (epilogue.residual ? epilogue.residual[at] : 0.0f);
+          if (!(yv >= epilogue.lo)) yv = yv != yv ? yv : epilogue.lo;
+          if (!(yv <= epilogue.hi)) yv = yv != yv ? yv : epilogue.hi;
+          y[at] = yv;
+        }
+      }
+    }
+  }
+#endif
+};
+
+// Stage 1: one of the 16 products per part; stages 0 and 2: tiles split evenly.
+Part Piece(const WinogradProblem& p, bool, int64_t index, int64_t parts) {
+  if (p.stage == 1) return {index, index + 1, 0, 0};
+  return {p.tiles * index / parts, p.tiles * (index + 1) / parts, 0, 0};
+}
+
+// Runs `parts` parts of the problem on the pool's threads and the caller.
+template <typename P>
+void RunParts(ffi::ThreadPool& pool, const P& problem, int64_t parts) {
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), parts});
+  if (workers <= 1) {
+    for (int64_t i = 0; i < parts; ++i) problem.Run(Piece(problem, false, i, parts));
+    return;
+  }
+  auto work = std::make_shared<Work<P>>();
+  work->p = problem;
+  work->parts = parts;
+  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  work->Wait();
+}
+
+ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,
+                        ffi::Buffer<ffi::F32> bias, std::optional<ffi::Buffer<ffi::F32>> residual,
+                        ffi::ResultBuffer<ffi::F32> y, int64_t ph, int64_t pw, float lo, float hi) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0]) {
+    return ffi::Error::InvalidArgument("AutofuseWinogradNHWC: x must be [B, H, W, C] and y [B, OH, OW, N]");
+  }
+  const int64_t c = xd[3], n = yd[3], oh = yd[1], ow = yd[2];
+  if (ph < 0 || pw < 0) return ffi::Error::InvalidArgument("AutofuseWinogradNHWC: negative padding");
+  if (u.element_count() != static_cast<size_t>(16 * c * ((n + kNR - 1) / kNR) * kNR) ||
+      bias.element_count() != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument("AutofuseWinogradNHWC: u must hold 16 packed [C, N] kernels, the bias N");
+  }
+  if (residual.has_value() && residual->element_count() != y->element_count()) {
+    return ffi::Error::InvalidArgument("AutofuseWinogradNHWC: the residual must be shaped like y");
+  }
+  const int64_t th = (oh + 1) / 2, tw = (ow + 1) / 2, tiles = xd[0] * th * tw;
+  // Scratch of the calling thread (a concurrent call runs on another thread).
+  thread_local std::vector<float> v_buffer, m_buffer, zero_buffer;
+  float* v = Aligned(v_buffer, 16 * tiles * c);
+  float* m = Aligned(m_buffer, 16 * tiles * n);
+  float* zeros = Aligned(zero_buffer, n);
+  std::fill(zeros, zeros + n, 0.0f);
+  WinogradProblem problem{x.typed_data(), u.typed_data(),
+                          {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, lo, hi},
+                          y->typed_data(), v, m, zeros, xd[0], xd[1], xd[2], c, oh, ow, n, ph, pw, th, tw, tiles, 0};
+  const int64_t threads = std::min<int64_t>(pool.num_threads(), MaxThreads());
+  const int64_t spread = tiles * std::max(c, n) >= 4096 ? std::max<int64_t>(1, threads) : 1;
+  RunParts(pool, problem, std::min(spread, tiles));
+  problem.stage = 1;
+  RunParts(pool, problem, 16);
+  problem.stage = 2;
+  RunParts(pool, problem, std::min(spread, tiles));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseGemm, GemmImpl,
@@ -903,3 +1126,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseLayerNorm, LayerNormImpl,
                                   .OptionalArg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutofuseWinogradNHWC, WinogradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .OptionalArg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw")
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));

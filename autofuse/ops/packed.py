@@ -9,6 +9,9 @@ is packed there, once (`autofuse.gemm.pack_weight`):
 * `PackedConvNHWC(x, wp, bias, residual?)`: a group-1 NHWC convolution by a
   (kh, kw, C, n) kernel; attributes `n`, `kernel_shape`, `strides`, `dilations`,
   `pads` (top, left, bottom, right), `lo` and `hi`, with the same epilogue.
+* `PackedWinogradNHWC(x, up, bias, residual?)`: a stride-1, undilated, group-1 3x3 NHWC
+  convolution as Winograd F(2x2, 3x3), the kernel transformed and packed by
+  `autofuse.gemm.pack_winograd`; attributes `n`, `pads`, `lo`, `hi`, the same epilogue.
 * `PackedAttention(q, k, v, bias?)`: softmax(`scale` * q k^T + bias) v per batch and
   head, with q, k, v and the output in [B, S, H, D] layout; the bias broadcasts to
   [B, H, Sq, Skv].
@@ -58,6 +61,22 @@ def packed_conv_nhwc(ctx: Ctx, x, wp, bias, residual=None):
     return conv_nhwc(x, wp, bias, int(ctx.attr("n")), kernel=_ints(ctx.attr("kernel_shape"), ()),
                      strides=_ints(ctx.attr("strides"), (1, 1)), pads=_ints(ctx.attr("pads"), (0, 0, 0, 0)),
                      dilations=_ints(ctx.attr("dilations"), (1, 1)), residual=residual, **_clamp(ctx))
+
+
+def _winograd_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:
+    """The direct convolution's 2 * output elements * 9 * C (the work done, not the multiplies saved)."""
+    x, y = inputs[0], (outputs[0] if outputs else None)
+    if x is None or y is None or not x.is_static or not y.is_static or len(x.shape) != 4:
+        return 0.0
+    return 2.0 * math.prod(y.shape) * 9 * int(x.shape[3])
+
+
+@op("PackedWinogradNHWC", mapping=MANY_TO_MANY, domain=DOMAIN, flops=_winograd_flops)
+def packed_winograd_nhwc(ctx: Ctx, x, up, bias, residual=None):
+    from autofuse.gemm import winograd_nhwc
+
+    return winograd_nhwc(x, up, bias, int(ctx.attr("n")), pads=_ints(ctx.attr("pads"), (1, 1, 1, 1)),
+                         residual=residual, **_clamp(ctx))
 
 
 def _attention_flops(ctx: Ctx, inputs: Sequence[Any], outputs: Sequence[Any]) -> float:

@@ -8,6 +8,10 @@ Algorithm choices, one per op (the weight is packed here, once, by
   C must be a constant per-column bias.
 * `conv_packed`: ConvNHWC (group 1, constant HWIO kernel, explicit pads) ->
   PackedConvNHWC: the patch rows are gathered while packing, never written.
+* `conv_winograd_packed`: a stride-1, undilated 3x3 ConvNHWC of at most `WINOGRAD_MAX_TILES`
+  2x2 output tiles -> PackedWinogradNHWC (Winograd F(2x2, 3x3), 2.25x fewer multiplies;
+  with more tiles its transformed tiles no longer stay in the caches and the direct
+  form is faster).
 * `attention_packed`: Transpose(MatMul(Softmax(MatMul(Transpose(q), Transpose(k)) * s [+ bias]),
   Transpose(v)), (0, 2, 1, 3)) with q, k, v in [B, S, H, D] layout (as the projections write
   them: BERT, GPT-2) -> PackedAttention(q, k, v, bias?): none of the four transposes runs.
@@ -40,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from autofuse.gemm import pack_weight, unpack_weight
+from autofuse.gemm import pack_weight, pack_winograd, unpack_weight
 from autofuse.ir import Node
 from autofuse.ops.packed import DOMAIN
 from autofuse.rewrite.algorithm import ATTENTION_UNIT, attention_plan, split_scalar
@@ -49,7 +53,7 @@ from autofuse.rewrite.transpose import constant_conv_decline
 from autofuse.rewrite.weights import column_bias, float32_decline, weight_decline
 
 FAMILY = "packed"
-OPS = frozenset({"PackedMatMul", "PackedConvNHWC"})  # the products epilogues fold into
+OPS = frozenset({"PackedMatMul", "PackedConvNHWC", "PackedWinogradNHWC"})  # the products epilogues fold into
 
 
 def _root(node: Node, view: View) -> Match | None:
@@ -139,9 +143,48 @@ def _conv(m: Match, view: View) -> Replacement:
                    dilations=tuple(int(d) for d in conv.attr("dilations", ()) or (1, 1)), pads=pads)
 
 
+WINOGRAD_MAX_TILES = 256  # 2x2 output tiles per image: 28x28 outputs and below (measured, docs/decisions.md)
+
+
+def _check_winograd(m: Match, view: View) -> str | None:
+    reason = _check_conv(m, view)
+    if reason:
+        return reason
+    conv = m[0]
+    if view.tensor(conv.inputs[1]).shape[:2] != (3, 3):
+        return "not a 3x3 kernel"
+    if tuple(conv.attr("strides", ()) or (1, 1)) != (1, 1) or tuple(conv.attr("dilations", ()) or (1, 1)) != (1, 1):
+        return "strided or dilated"
+    y = view.shape(conv.outputs[0])
+    if y is None or len(y) != 4:
+        return "the output shape is unknown"
+    tiles = -(-int(y[1]) // 2) * -(-int(y[2]) // 2)
+    if tiles > WINOGRAD_MAX_TILES:
+        return f"{tiles} output tiles per image (more than {WINOGRAD_MAX_TILES}): the direct form is faster"
+    return None
+
+
+def _winograd(m: Match, view: View) -> Replacement:
+    conv = m[0]
+    w = view.tensor(conv.inputs[1])
+    n = int(w.shape[3])
+    bias = np.zeros(n, np.float32)
+    if len(conv.inputs) > 2 and conv.inputs[2]:
+        bias = np.asarray(view.tensor(conv.inputs[2]), np.float32).reshape(n)
+    pads = tuple(int(p) for p in conv.attr("pads", ()) or ()) or (0, 0, 0, 0)
+    if conv.attr("auto_pad", "NOTSET") == "VALID":
+        pads = (0, 0, 0, 0)
+    up, b = view.fresh(f"{conv.name or 'winograd'}_up"), view.fresh(f"{conv.name or 'winograd'}_bias")
+    node = Node("PackedWinogradNHWC", (conv.inputs[0], up, b), conv.outputs, _attrs(n=n, pads=pads), DOMAIN,
+                conv.name)
+    return Replacement(nodes=(node,), tensors={up: pack_winograd(w), b: bias})
+
+
 MATMUL_PACKED = Rule("matmul_packed", FAMILY, frozenset({"MatMul"}), _root, _check_matmul, _matmul)
 GEMM_PACKED = Rule("gemm_packed", FAMILY, frozenset({"Gemm"}), _root, _check_gemm, _gemm)
 CONV_PACKED = Rule("conv_packed", FAMILY, frozenset({"ConvNHWC"}), _root, _check_conv, _conv)
+CONV_WINOGRAD_PACKED = Rule("conv_winograd_packed", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd,
+                            _winograd)
 
 
 # ---------------------------------------------------------------- attention
@@ -472,12 +515,12 @@ PACKED_CLIP = Rule("packed_clip", FAMILY, frozenset({"Clip"}), _match_clamp, _ch
 
 # ---------------------------------------------------------------- rule sets
 
-_CHOICES = (MATMUL_PACKED, GEMM_PACKED, CONV_PACKED, ATTENTION_PACKED, LAYERNORM_PACKED)
+_CHOICES = (MATMUL_PACKED, GEMM_PACKED, CONV_WINOGRAD_PACKED, CONV_PACKED, ATTENTION_PACKED, LAYERNORM_PACKED)
 PACKED_RULES: dict[str, Rule] = {rule.name: rule for rule in _CHOICES}
 
 # Per root op type, the packed form a node of that type may take (besides staying as it is).
 PACKED_ALTERNATIVES: dict[str, tuple[str, ...]] = {
-    "MatMul": ("matmul_packed",), "Gemm": ("gemm_packed",), "ConvNHWC": ("conv_packed",),
+    "MatMul": ("matmul_packed",), "Gemm": ("gemm_packed",), "ConvNHWC": ("conv_packed", "conv_winograd_packed"),
     "Transpose": ("attention_packed",), "LayerNormalization": ("layernorm_packed",),
 }
 
