@@ -67,14 +67,20 @@ def compare(
     warmup: int = 3,
     min_repeats: int = 5,
     min_seconds: float = 0.5,
+    settle_runs: int = 1,
 ) -> dict[str, Timing]:
-    """Times several callables side by side, interleaved in rounds."""
+    """Times several callables side by side, interleaved in rounds.
+
+    Each block of a round starts with `settle_runs` untimed runs: the previous
+    contender's threads may still be spinning (onnxruntime's do, for a while),
+    and would otherwise slow the first timed runs of the next one.
+    """
     for run in contenders.values():
         for _ in range(warmup):
             run()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
-            timing = measure(run, warmup=0, min_repeats=min_repeats, min_seconds=min_seconds / rounds)
+            timing = measure(run, warmup=settle_runs, min_repeats=min_repeats, min_seconds=min_seconds / rounds)
             samples[name].extend(timing.samples)
     return {name: summarize(values) for name, values in samples.items()}
