@@ -121,10 +121,9 @@ def _register_native_kernels(blob: bytes) -> None:
         from autofuse.blas import kernel_target
 
         kernel_target()
-    if any(target in blob for target in (b"autofuse_gemm", b"autofuse_conv_nhwc", b"autofuse_attention",
-                                               b"autofuse_max_pool_nhwc", b"autofuse_layer_norm")):
-        from autofuse.gemm import kernel_targets
+    from autofuse.gemm import HANDLERS, kernel_targets
 
+    if any(target.encode() in blob for target in HANDLERS):
         kernel_targets()
     if b"autofuse_sparse_matmul" in blob:
         from autofuse.sparsity.native import kernel_target
