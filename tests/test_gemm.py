@@ -102,6 +102,8 @@ def test_conv_kernel_equals_xla(kernel, x_shape, kernel_hw, n, strides, pads, di
     ((1, 8, 7, 300), 33, (0, 1, 2, 0)),     # asymmetric pads, C spans several reduction blocks
     ((1, 6, 6, 17), 70, (0, 0, 0, 0)),      # valid: 4x4 outputs
     ((1, 3, 3, 4), 3, (2, 2, 2, 2)),        # more padding than image
+    ((1, 32, 31, 64), 64, (1, 1, 1, 1)),    # many tiles: chunks transformed in L2, a ragged last one
+    ((2, 48, 45, 8), 8, (1, 1, 1, 1)),      # chunks across the batch
 ])
 @pytest.mark.parametrize("residual", [False, True])
 def test_winograd_kernel_equals_the_convolution(kernel, x_shape, n, pads, residual):

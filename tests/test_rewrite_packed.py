@@ -102,9 +102,9 @@ def test_conv_nhwc_declines_grouped_implicit_pads_and_nchw():
     assert only("conv_packed", model).fired == {}  # an ONNX Conv is not a ConvNHWC root
 
 
-@pytest.mark.parametrize("x_shape, pads", [((1, 4, 12, 12), (1, 1, 1, 1)), ((2, 4, 7, 9), (0, 1, 2, 0))])
+@pytest.mark.parametrize("x_shape, pads", [((1, 16, 12, 12), (1, 1, 1, 1)), ((2, 16, 7, 9), (0, 1, 2, 0))])
 def test_3x3_convolution_runs_as_winograd(x_shape, pads):
-    model, nhwc = conv_nhwc((6, 4, 3, 3), x_shape=x_shape, pads=list(pads))
+    model, nhwc = conv_nhwc((6, 16, 3, 3), x_shape=x_shape, pads=list(pads))
     result = only("conv_winograd_packed", nhwc)
     assert result.fired == {"conv_winograd_packed": 1}
     assert ops(result.model).count("PackedWinogradNHWC") == 1 and "ConvNHWC" not in ops(result.model)
@@ -116,9 +116,9 @@ def test_winograd_declines_with_reasons():
     assert only("conv_winograd_packed", strided).declined == {"conv_winograd_packed": {"strided or dilated": 1}}
     _, pointwise = conv_nhwc((6, 4, 1, 1))
     assert only("conv_winograd_packed", pointwise).declined == {"conv_winograd_packed": {"not a 3x3 kernel": 1}}
-    _, large = conv_nhwc((6, 4, 3, 3), x_shape=(1, 4, 40, 40), pads=[1, 1, 1, 1])
-    assert only("conv_winograd_packed", large).declined == {"conv_winograd_packed": {
-        "400 output tiles per image (more than 256): the direct form is faster": 1}}
+    _, narrow = conv_nhwc((6, 3, 3, 3), x_shape=(1, 3, 40, 40), pads=[1, 1, 1, 1])
+    assert only("conv_winograd_packed", narrow).declined == {"conv_winograd_packed": {
+        "3 input channels (fewer than 16): the direct form is faster": 1}}
 
 
 # ---------------------------------------------------------------- epilogues

@@ -858,37 +858,55 @@ ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
 //                         residual? f32 [B, OH, OW, N] -> y f32 [B, OH, OW, N]
 //                         attributes ph, pw (top/left padding), lo, hi
 
+constexpr int64_t kWinogradChunkFloats = 1 << 17;  // a chunk's transformed tiles, in and out: 512 KB of L2
+constexpr int64_t kWinogradChunks = 4;  // chunks needed to take the chunked form
+constexpr int64_t kWinogradStagedFloats = 1 << 21;  // 8 MB: beyond it, staging every tile leaves L3
+
 struct WinogradProblem {
   const float* x;
   const float* u;
   Epilogue epilogue;
   float* y;
-  float* v;      // scratch [16][tiles][c]
-  float* m;      // scratch [16][tiles][n]
+  float* v;      // stages 0-2: scratch [16][tiles][c]
+  float* m;      // stages 0-2: scratch [16][tiles][n]
   const float* zeros;  // [n]
   int64_t b, h, w, c, oh, ow, n, ph, pw, th, tw, tiles;
-  int stage;  // 0: input transform, 1: the products (one xi per part), 2: output transform
+  int stage;  // 0: input transform, 1: the products (one xi per part), 2: output transform,
+              // 3: all three for a chunk of `chunk` tiles per part, in the thread's own scratch
+  int64_t chunk;
 
   void Run(const Part& part) const {
     if (stage == 1) {
-      const int64_t xi = part.m0;
-      Problem<MatrixRows>{{v + xi * tiles * c, c}, u + xi * c * ((n + kNR - 1) / kNR) * kNR,
-                          {zeros, nullptr, -INFINITY, INFINITY}, m + xi * tiles * n, tiles, c, n}
-          .Run({0, tiles, 0, n});
-      return;
-    }
-    for (int64_t t = part.m0; t < part.m1; ++t) {
-      if (stage == 0) {
-        Input(t);
-      } else {
-        Output(t);
+      Products(part.m0, v, m, tiles, tiles);
+    } else if (stage == 3) {
+      const int64_t count = part.m1 - part.m0;
+      thread_local std::vector<float> v_local, m_local;
+      float* lv = Aligned(v_local, 16 * chunk * c);
+      float* lm = Aligned(m_local, 16 * chunk * n);
+      for (int64_t t = part.m0; t < part.m1; ++t) Input(t, lv, count, t - part.m0);
+      for (int64_t xi = 0; xi < 16; ++xi) Products(xi, lv, lm, count, count);
+      for (int64_t t = part.m0; t < part.m1; ++t) Output(t, lm, count, t - part.m0);
+    } else {
+      for (int64_t t = part.m0; t < part.m1; ++t) {
+        if (stage == 0) {
+          Input(t, v, tiles, t);
+        } else {
+          Output(t, m, tiles, t);
+        }
       }
     }
   }
 
+  // M_xi[0:rows] = V_xi[0:rows] @ U_xi, V and M holding `stride` tiles per xi.
+  void Products(int64_t xi, const float* vv, float* mm, int64_t rows, int64_t stride) const {
+    Problem<MatrixRows>{{vv + xi * stride * c, c}, u + xi * c * ((n + kNR - 1) / kNR) * kNR,
+                        {zeros, nullptr, -INFINITY, INFINITY}, mm + xi * stride * n, rows, c, n}
+        .Run({0, rows, 0, n});
+  }
+
 #if defined(__AVX512F__)
-  // V[:, t, :] = B^T d B of tile t's 4x4 input window (zeros outside the image).
-  void Input(int64_t t) const {
+  // V[:, slot, :] = B^T d B of tile t's 4x4 input window (zeros outside the image).
+  void Input(int64_t t, float* vv, int64_t stride, int64_t slot) const {
     const int64_t bi = t / (th * tw), y0 = (t / tw) % th * 2 - ph, x0 = t % tw * 2 - pw;
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
       const __mmask16 mask = c - c0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (c - c0)) - 1);
@@ -912,13 +930,13 @@ struct WinogradProblem {
       for (int i = 0; i < 4; ++i) {  // (B^T d) B: the same on columns
         const __m512 out[4] = {_mm512_sub_ps(r[i][0], r[i][2]), _mm512_add_ps(r[i][1], r[i][2]),
                                _mm512_sub_ps(r[i][2], r[i][1]), _mm512_sub_ps(r[i][1], r[i][3])};
-        for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(v + ((i * 4 + j) * tiles + t) * c + c0, mask, out[j]);
+        for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(vv + ((i * 4 + j) * stride + slot) * c + c0, mask, out[j]);
       }
     }
   }
 
-  // The 2x2 outputs of tile t = A^T M A, then the bias, the residual and the clamp.
-  void Output(int64_t t) const {
+  // The 2x2 outputs of tile t = A^T M A of M[:, slot, :], then the bias, the residual and the clamp.
+  void Output(int64_t t, const float* mm, int64_t stride, int64_t slot) const {
     const int64_t bi = t / (th * tw), oy = (t / tw) % th * 2, ox = t % tw * 2;
     const __m512 low = _mm512_set1_ps(epilogue.lo), high = _mm512_set1_ps(epilogue.hi);
     const bool clamp_lo = epilogue.lo > -INFINITY, clamp_hi = epilogue.hi < INFINITY;
@@ -926,10 +944,10 @@ struct WinogradProblem {
       const __mmask16 mask = n - n0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - n0)) - 1);
       __m512 s[2][4];  // A^T M: rows m0 + m1 + m2, m1 - m2 - m3
       for (int j = 0; j < 4; ++j) {
-        const __m512 m0 = _mm512_maskz_loadu_ps(mask, m + ((0 * 4 + j) * tiles + t) * n + n0);
-        const __m512 m1 = _mm512_maskz_loadu_ps(mask, m + ((1 * 4 + j) * tiles + t) * n + n0);
-        const __m512 m2 = _mm512_maskz_loadu_ps(mask, m + ((2 * 4 + j) * tiles + t) * n + n0);
-        const __m512 m3 = _mm512_maskz_loadu_ps(mask, m + ((3 * 4 + j) * tiles + t) * n + n0);
+        const __m512 m0 = _mm512_maskz_loadu_ps(mask, mm + ((0 * 4 + j) * stride + slot) * n + n0);
+        const __m512 m1 = _mm512_maskz_loadu_ps(mask, mm + ((1 * 4 + j) * stride + slot) * n + n0);
+        const __m512 m2 = _mm512_maskz_loadu_ps(mask, mm + ((2 * 4 + j) * stride + slot) * n + n0);
+        const __m512 m3 = _mm512_maskz_loadu_ps(mask, mm + ((3 * 4 + j) * stride + slot) * n + n0);
         s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
         s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
       }
@@ -951,7 +969,7 @@ struct WinogradProblem {
     }
   }
 #else
-  void Input(int64_t t) const {
+  void Input(int64_t t, float* vv, int64_t stride, int64_t slot) const {
     const int64_t bi = t / (th * tw), y0 = (t / tw) % th * 2 - ph, x0 = t % tw * 2 - pw;
     for (int64_t ch = 0; ch < c; ++ch) {
       float d[4][4], r[4][4];
@@ -967,18 +985,18 @@ struct WinogradProblem {
       }
       for (int i = 0; i < 4; ++i) {
         const float out[4] = {r[i][0] - r[i][2], r[i][1] + r[i][2], r[i][2] - r[i][1], r[i][1] - r[i][3]};
-        for (int j = 0; j < 4; ++j) v[((i * 4 + j) * tiles + t) * c + ch] = out[j];
+        for (int j = 0; j < 4; ++j) vv[((i * 4 + j) * stride + slot) * c + ch] = out[j];
       }
     }
   }
 
-  void Output(int64_t t) const {
+  void Output(int64_t t, const float* mm, int64_t stride, int64_t slot) const {
     const int64_t bi = t / (th * tw), oy = (t / tw) % th * 2, ox = t % tw * 2;
     for (int64_t k = 0; k < n; ++k) {
       float s[2][4];
       for (int j = 0; j < 4; ++j) {
-        const float* at = m + j * tiles * n + t * n + k;
-        const float m0 = at[0], m1 = at[4 * tiles * n], m2 = at[8 * tiles * n], m3 = at[12 * tiles * n];
+        const float* at = mm + (j * stride + slot) * n + k;
+        const float m0 = at[0], m1 = at[4 * stride * n], m2 = at[8 * stride * n], m3 = at[12 * stride * n];
         s[0][j] = m0 + m1 + m2, s[1][j] = m1 - m2 - m3;
       }
       for (int i = 0; i < 2 && oy + i < oh; ++i) {
@@ -996,9 +1014,10 @@ struct WinogradProblem {
 #endif
 };
 
-// Stage 1: one of the 16 products per part; stages 0 and 2: tiles split evenly.
+// Stage 1: one of the 16 products per part; stage 3: a chunk of tiles; stages 0 and 2: tiles split evenly.
 Part Piece(const WinogradProblem& p, bool, int64_t index, int64_t parts) {
   if (p.stage == 1) return {index, index + 1, 0, 0};
+  if (p.stage == 3) return {index * p.chunk, std::min(p.tiles, (index + 1) * p.chunk), 0, 0};
   return {p.tiles * index / parts, p.tiles * (index + 1) / parts, 0, 0};
 }
 
@@ -1035,16 +1054,30 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     return ffi::Error::InvalidArgument("AutofuseWinogradNHWC: the residual must be shaped like y");
   }
   const int64_t th = (oh + 1) / 2, tw = (ow + 1) / 2, tiles = xd[0] * th * tw;
-  // Scratch of the calling thread (a concurrent call runs on another thread).
-  thread_local std::vector<float> v_buffer, m_buffer, zero_buffer;
-  float* v = Aligned(v_buffer, 16 * tiles * c);
-  float* m = Aligned(m_buffer, 16 * tiles * n);
+  thread_local std::vector<float> zero_buffer;
   float* zeros = Aligned(zero_buffer, n);
   std::fill(zeros, zeros + n, 0.0f);
   WinogradProblem problem{x.typed_data(), u.typed_data(),
                           {bias.typed_data(), residual.has_value() ? residual->typed_data() : nullptr, lo, hi},
-                          y->typed_data(), v, m, zeros, xd[0], xd[1], xd[2], c, oh, ow, n, ph, pw, th, tw, tiles, 0};
+                          y->typed_data(), nullptr, nullptr, zeros, xd[0], xd[1], xd[2], c, oh, ow, n, ph, pw, th, tw,
+                          tiles, 0, 0};
   const int64_t threads = std::min<int64_t>(pool.num_threads(), MaxThreads());
+  // Chunks of tiles whose transformed tiles (in and out) stay in L2, each transformed,
+  // multiplied and transformed back by one thread, when the transformed kernel that every
+  // chunk reads again fits beside them or when the whole transformed input would not stay
+  // in L3; otherwise the three stages over all tiles, each read once (measured, session 5).
+  problem.chunk = std::max<int64_t>(kMR, kWinogradChunkFloats / (16 * (c + n)) / kMR * kMR);
+  const bool chunked = tiles >= kWinogradChunks * problem.chunk &&
+                       (16 * c * n <= kWinogradChunkFloats || 16 * tiles * (c + n) > kWinogradStagedFloats);
+  if (chunked) {
+    problem.stage = 3;
+    RunParts(pool, problem, (tiles + problem.chunk - 1) / problem.chunk);
+    return ffi::Error::Success();
+  }
+  // Scratch of the calling thread (a concurrent call runs on another thread).
+  thread_local std::vector<float> v_buffer, m_buffer;
+  problem.v = Aligned(v_buffer, 16 * tiles * c);
+  problem.m = Aligned(m_buffer, 16 * tiles * n);
   const int64_t spread = tiles * std::max(c, n) >= 4096 ? std::max<int64_t>(1, threads) : 1;
   RunParts(pool, problem, std::min(spread, tiles));
   problem.stage = 1;

@@ -8,10 +8,9 @@ Algorithm choices, one per op (the weight is packed here, once, by
   C must be a constant per-column bias.
 * `conv_packed`: ConvNHWC (group 1, constant HWIO kernel, explicit pads) ->
   PackedConvNHWC: the patch rows are gathered while packing, never written.
-* `conv_winograd_packed`: a stride-1, undilated 3x3 ConvNHWC of at most `WINOGRAD_MAX_TILES`
-  2x2 output tiles -> PackedWinogradNHWC (Winograd F(2x2, 3x3), 2.25x fewer multiplies;
-  with more tiles its transformed tiles no longer stay in the caches and the direct
-  form is faster).
+* `conv_winograd_packed`: a stride-1, undilated 3x3 ConvNHWC of at least `WINOGRAD_MIN_CHANNELS`
+  input channels -> PackedWinogradNHWC (Winograd F(2x2, 3x3), 2.25x fewer multiplies; with
+  fewer channels the transforms cost more than the products save).
 * `attention_packed`: Transpose(MatMul(Softmax(MatMul(Transpose(q), Transpose(k)) * s [+ bias]),
   Transpose(v)), (0, 2, 1, 3)) with q, k, v in [B, S, H, D] layout (as the projections write
   them: BERT, GPT-2) -> PackedAttention(q, k, v, bias?): none of the four transposes runs.
@@ -143,7 +142,7 @@ def _conv(m: Match, view: View) -> Replacement:
                    dilations=tuple(int(d) for d in conv.attr("dilations", ()) or (1, 1)), pads=pads)
 
 
-WINOGRAD_MAX_TILES = 256  # 2x2 output tiles per image: 28x28 outputs and below (measured, docs/decisions.md)
+WINOGRAD_MIN_CHANNELS = 16  # below, the direct form was faster (measured, docs/decisions.md)
 
 
 def _check_winograd(m: Match, view: View) -> str | None:
@@ -155,12 +154,9 @@ def _check_winograd(m: Match, view: View) -> str | None:
         return "not a 3x3 kernel"
     if tuple(conv.attr("strides", ()) or (1, 1)) != (1, 1) or tuple(conv.attr("dilations", ()) or (1, 1)) != (1, 1):
         return "strided or dilated"
-    y = view.shape(conv.outputs[0])
-    if y is None or len(y) != 4:
-        return "the output shape is unknown"
-    tiles = -(-int(y[1]) // 2) * -(-int(y[2]) // 2)
-    if tiles > WINOGRAD_MAX_TILES:
-        return f"{tiles} output tiles per image (more than {WINOGRAD_MAX_TILES}): the direct form is faster"
+    channels = int(view.tensor(conv.inputs[1]).shape[2])
+    if channels < WINOGRAD_MIN_CHANNELS:
+        return f"{channels} input channels (fewer than {WINOGRAD_MIN_CHANNELS}): the direct form is faster"
     return None
 
 
