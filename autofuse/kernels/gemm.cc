@@ -374,6 +374,22 @@ void Execute(ffi::ThreadPool& pool, const P& problem) {
   work->Wait();
 }
 
+// Runs `parts` parts of the problem on the pool's threads and the caller.
+template <typename P>
+void RunParts(ffi::ThreadPool& pool, const P& problem, int64_t parts) {
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), parts});
+  if (workers <= 1) {
+    for (int64_t i = 0; i < parts; ++i) problem.Run(Piece(problem, false, i, parts));
+    return;
+  }
+  auto work = std::make_shared<Work<P>>();
+  work->p = problem;
+  work->parts = parts;
+  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  work->Wait();
+}
+
 ffi::Error CheckWeight(ffi::Buffer<ffi::F32>& w, ffi::Buffer<ffi::F32>& bias, int64_t k, int64_t n, const char* op) {
   const auto wd = w.dimensions();
   if (wd.size() != 1 || wd[0] != k * ((n + kNR - 1) / kNR) * kNR) {
@@ -636,18 +652,7 @@ ffi::Error RunAttention(ffi::ThreadPool& pool, AttentionProblem problem, std::op
     problem.bias_head_stride = bd[1] == 1 ? 0 : problem.sq * problem.skv;
     problem.bias_batch_stride = bd[0] == 1 ? 0 : bd[1] * problem.sq * problem.skv;
   }
-  const int64_t parts = problem.b * problem.h;
-  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), parts});
-  if (workers <= 1) {
-    for (int64_t i = 0; i < parts; ++i) problem.Run({i, i + 1, 0, 0});
-    return ffi::Error::Success();
-  }
-  auto work = std::make_shared<Work<AttentionProblem>>();
-  work->p = problem;
-  work->parts = parts;
-  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  work->Wait();
+  RunParts(pool, problem, problem.b * problem.h);
   return ffi::Error::Success();
 }
 
@@ -750,17 +755,8 @@ ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Resul
   MaxPoolProblem problem{x.typed_data(), y->typed_data(), xd[0], xd[1], xd[2], xd[3], yd[1], yd[2],
                          kh, kw, sh, sw, ph, pw, dh, dw};
   const int64_t rows = problem.b * problem.oh;
-  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), rows});
-  if (workers <= 1 || y->element_count() * kh * kw < kMinParallelMacs) {
-    problem.Run({0, rows, 0, 0});
-    return ffi::Error::Success();
-  }
-  auto work = std::make_shared<Work<MaxPoolProblem>>();
-  work->p = problem;
-  work->parts = workers;
-  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  work->Wait();
+  const bool small = y->element_count() * kh * kw < kMinParallelMacs;
+  RunParts(pool, problem, small ? 1 : std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), rows}));
   return ffi::Error::Success();
 }
 
@@ -831,17 +827,8 @@ ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
   }
   LayerNormProblem problem{x.typed_data(), scale.typed_data(), bias.has_value() ? bias->typed_data() : nullptr,
                            y->typed_data(), m, n, eps};
-  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), m});
-  if (workers <= 1 || m * n < kMinParallelElements) {
-    problem.Run({0, m, 0, 0});
-    return ffi::Error::Success();
-  }
-  auto work = std::make_shared<Work<LayerNormProblem>>();
-  work->p = problem;
-  work->parts = workers;
-  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  work->Wait();
+  const bool small = m * n < kMinParallelElements;
+  RunParts(pool, problem, small ? 1 : std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), m}));
   return ffi::Error::Success();
 }
 
@@ -1019,22 +1006,6 @@ Part Piece(const WinogradProblem& p, bool, int64_t index, int64_t parts) {
   if (p.stage == 1) return {index, index + 1, 0, 0};
   if (p.stage == 3) return {index * p.chunk, std::min(p.tiles, (index + 1) * p.chunk), 0, 0};
   return {p.tiles * index / parts, p.tiles * (index + 1) / parts, 0, 0};
-}
-
-// Runs `parts` parts of the problem on the pool's threads and the caller.
-template <typename P>
-void RunParts(ffi::ThreadPool& pool, const P& problem, int64_t parts) {
-  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), MaxThreads(), parts});
-  if (workers <= 1) {
-    for (int64_t i = 0; i < parts; ++i) problem.Run(Piece(problem, false, i, parts));
-    return;
-  }
-  auto work = std::make_shared<Work<P>>();
-  work->p = problem;
-  work->parts = parts;
-  for (int64_t t = 1; t < workers; ++t) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  work->Wait();
 }
 
 ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,

@@ -126,16 +126,22 @@ def _check_conv(m: Match, view: View) -> str | None:
         None if view.tensor(conv.inputs[1]).dtype == np.float32 else "the weights are not float32")
 
 
-def _conv(m: Match, view: View) -> Replacement:
-    conv = m[0]
-    w = view.tensor(conv.inputs[1])
-    kh, kw, c, n = w.shape
+def _bias_and_pads(conv: Node, view: View, n: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A ConvNHWC's bias (zeros when it has none) and explicit (top, left, bottom, right) pads."""
     bias = np.zeros(n, np.float32)
     if len(conv.inputs) > 2 and conv.inputs[2]:
         bias = np.asarray(view.tensor(conv.inputs[2]), np.float32).reshape(n)
     pads = tuple(int(p) for p in conv.attr("pads", ()) or ()) or (0, 0, 0, 0)
     if conv.attr("auto_pad", "NOTSET") == "VALID":
         pads = (0, 0, 0, 0)
+    return bias, pads
+
+
+def _conv(m: Match, view: View) -> Replacement:
+    conv = m[0]
+    w = view.tensor(conv.inputs[1])
+    kh, kw, c, n = w.shape
+    bias, pads = _bias_and_pads(conv, view, n)
     return _packed("PackedConvNHWC", conv.inputs[0], w.reshape(kh * kw * c, n), bias, conv.outputs, conv.name,
                    view, kernel_shape=(int(kh), int(kw)),
                    strides=tuple(int(s) for s in conv.attr("strides", ()) or (1, 1)),
@@ -164,12 +170,7 @@ def _winograd(m: Match, view: View) -> Replacement:
     conv = m[0]
     w = view.tensor(conv.inputs[1])
     n = int(w.shape[3])
-    bias = np.zeros(n, np.float32)
-    if len(conv.inputs) > 2 and conv.inputs[2]:
-        bias = np.asarray(view.tensor(conv.inputs[2]), np.float32).reshape(n)
-    pads = tuple(int(p) for p in conv.attr("pads", ()) or ()) or (0, 0, 0, 0)
-    if conv.attr("auto_pad", "NOTSET") == "VALID":
-        pads = (0, 0, 0, 0)
+    bias, pads = _bias_and_pads(conv, view, n)
     up, b = view.fresh(f"{conv.name or 'winograd'}_up"), view.fresh(f"{conv.name or 'winograd'}_bias")
     node = Node("PackedWinogradNHWC", (conv.inputs[0], up, b), conv.outputs, _attrs(n=n, pads=pads), DOMAIN,
                 conv.name)
