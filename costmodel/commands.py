@@ -24,8 +24,10 @@ def add_parsers(sub: Any) -> None:
                               f"(default {','.join(DEFAULT_REWRITES)}; '' for none)")
     collect.add_argument("--max-candidates", type=int, default=16, metavar="N",
                          help="candidates per task: the default and a seeded sample of the rest (default 16)")
-    collect.add_argument("--measure-seconds", type=float, default=0.15, metavar="S",
-                         help="minimum timing per distinct program (default 0.15)")
+    collect.add_argument("--measure-seconds", type=float, default=0.3, metavar="S",
+                         help="minimum timing per distinct program (default 0.3)")
+    collect.add_argument("--rounds", type=int, default=6, metavar="N",
+                         help="interleaved rounds the timing of a task's programs is spread over (default 6)")
     collect.add_argument("--seed", type=int, default=0, help="seed for inputs and the sample (default 0)")
     collect.set_defaults(func=cmd_collect)
 
@@ -51,6 +53,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default 3000)")
     p.add_argument("--hidden", type=int, default=64, help="GNN width (default 64)")
     p.add_argument("--layers", type=int, default=3, help="message-passing layers (default 3)")
+    p.add_argument("--members", type=int, help="networks in the ensemble, their mean the prediction "
+                                                 "(default: as many as the shipped model's)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches (default 0)")
 
 
@@ -65,7 +69,9 @@ def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
     from autofuse.costmodel.gnn import GNNConfig
     from autofuse.costmodel.train import TrainConfig
 
-    return TrainConfig(steps=args.steps, seed=args.seed), GNNConfig(hidden=args.hidden, layers=args.layers)
+    members = args.members if args.members is not None else GNNConfig().members
+    return TrainConfig(steps=args.steps, seed=args.seed), GNNConfig(hidden=args.hidden, layers=args.layers,
+                                                                    members=members)
 
 
 def _frame(paths: list[str]) -> Any:
@@ -88,7 +94,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     with open_database(args.db) as db:
         rewrites = tuple(f.strip() for f in args.rewrites.split(",") if f.strip())
         added = collect(args.models, db, rewrites=rewrites, max_candidates=args.max_candidates,
-                        min_seconds=args.measure_seconds, seed=args.seed)
+                        min_seconds=args.measure_seconds, rounds=args.rounds, seed=args.seed)
     print(f"{added} records added to {args.db}")
     return 0
 

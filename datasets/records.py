@@ -45,10 +45,64 @@ def sample_candidates(space: Any, *, max_candidates: int, seed: int = 0) -> list
 
 
 def hlo_key(executable: Any) -> str:
-    """A hash of the optimised HLO without names and metadata: equal keys, equal programs."""
-    text = re.sub(r"metadata=\{[^}]*\}", "", executable.optimized_hlo())
-    text = re.sub(r"HloModule \S+", "", text)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """The key of the program XLA compiled: equal keys, the same kernels run in the same order."""
+    return hashlib.sha256(canonical_hlo(executable.optimized_hlo()).encode()).hexdigest()[:16]
+
+
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9-]*)\((.*?)\)(, .*)?$")
+_SHAPE = re.compile(r"([a-z][a-z0-9]*)\[([0-9,]*)\](?:\{([0-9,]*)[^}]*\})?")
+_NO_OPS = ("bitcast", "opt-barrier")  # no work at run time: their result is their operand's buffer
+
+
+def _shape(match: re.Match) -> str:
+    """A shape without its size-1 dimensions (which change neither the bytes nor their order)."""
+    dtype, dims, layout = match.group(1), match.group(2), match.group(3)
+    sizes = [int(d) for d in dims.split(",") if d]
+    keep = [i for i, d in enumerate(sizes) if d != 1]
+    text = f"{dtype}[{','.join(str(sizes[i]) for i in keep)}]"
+    if layout:
+        minor_to_major = [int(i) for i in layout.split(",") if i]
+        text += "{" + ",".join(str(keep.index(i)) for i in minor_to_major if i in keep) + "}"
+    return text
+
+
+def canonical_hlo(text: str) -> str:
+    """Optimised HLO reduced to what runs: no names, metadata or stack-frame tables; bitcasts and
+    optimisation barriers (no work at run time) read as their operand; size-1 dimensions dropped.
+
+    Two candidates that differ only by a barrier XLA did not need (a split edge
+    its fusion pass would not have fused anyway) become one program.
+    """
+    lines, names, computations, count, inside = [], {}, {}, 0, False
+    for raw in text.splitlines():
+        raw = re.sub(r", metadata=\{[^}]*\}", "", raw)
+        head = re.match(r"^(ENTRY )?%(\S+) \(.*\{$", raw)
+        if head:
+            computations.setdefault(head.group(2), f"c{len(computations)}")
+            names, count, inside = {}, 0, True
+            lines.append(f"{head.group(1) or ''}{computations[head.group(2)]} {{")
+            continue
+        if not inside:  # the module header and its stack-frame tables
+            continue
+        if raw.strip() == "}":
+            lines.append("}")
+            inside = False
+            continue
+        match = _INSTRUCTION.match(raw)
+        if not match:
+            lines.append(raw.strip())  # kept as it is: never merge what was not understood
+            continue
+        root, name, shape, opcode, operands, attrs = match.groups()
+        refs = [names.get(op.strip().lstrip("%"), op.strip()) for op in operands.split(",") if op.strip()]
+        if opcode in _NO_OPS and len(refs) == 1 and not root:
+            names[name] = refs[0]
+            continue
+        names[name], count = f"v{count}", count + 1
+        attrs = re.sub(r"%([\w.-]+)", lambda m: computations.setdefault(m.group(1), f"c{len(computations)}"),
+                       attrs or "")
+        lines.append(f"{root or ''}{names[name]} = {_SHAPE.sub(_shape, shape)} {opcode}({', '.join(refs)})"
+                     f"{_SHAPE.sub(_shape, attrs)}")
+    return "\n".join(lines)
 
 
 # The rewrite families the tuner's usual pipelines apply before cutting tasks (see autofuse.tuning).
@@ -56,13 +110,14 @@ DEFAULT_REWRITES = ("folding", "algebraic", "layout")
 
 
 def collect(models: Sequence[str], db: Any, *, rewrites: Sequence[str] = DEFAULT_REWRITES,
-            max_candidates: int = 16, min_seconds: float = 0.15, seed: int = 0,
+            max_candidates: int = 16, min_seconds: float = 0.3, rounds: int = 6, seed: int = 0,
             log: Callable[[str], None] = print) -> int:
     """Measures the candidates of every task of `models` (after the `rewrites` families,
     as the tuner cuts tasks from a rewritten model) into the database `db`.
 
-    Returns how many records were added (candidates already in `db` for this
-    target are skipped).
+    Each distinct program is timed for `min_seconds` in all, spread over
+    `rounds` interleaved rounds. Returns how many records were added
+    (candidates already in `db` for this target are skipped).
     """
     from autofuse.api import import_onnx, rewrite_model
     from autofuse.database import Workload, candidate_key, current_target
@@ -82,7 +137,8 @@ def collect(models: Sequence[str], db: Any, *, rewrites: Sequence[str] = DEFAULT
                           if not db.has(task.key, target.key, candidate_key(c))]
             if not candidates:
                 continue
-            records = measure_task(task, candidates, target_key=target.key, min_seconds=min_seconds, seed=seed)
+            records = measure_task(task, candidates, target_key=target.key, min_seconds=min_seconds,
+                                   rounds=rounds, seed=seed)
             db.commit_batch((), (), records)
             added += len(records)
             log(f"  task {task.key[:12]} ({len(task.nodes)} nodes): {len(records)} candidates, "
@@ -91,7 +147,7 @@ def collect(models: Sequence[str], db: Any, *, rewrites: Sequence[str] = DEFAULT
 
 
 def measure_task(task: Any, candidates: Sequence[dict[str, str]], *, target_key: str, min_seconds: float,
-                 seed: int = 0) -> list[Any]:
+                 rounds: int = 6, seed: int = 0) -> list[Any]:
     """One `Record` per candidate: compiled, checked against the task's default lowering,
     timed once per distinct program; a failure is a record, never an exception."""
     from autofuse.database import Record, candidate_key
@@ -124,7 +180,7 @@ def measure_task(task: Any, candidates: Sequence[dict[str, str]], *, target_key:
         close = all(np.allclose(o, r, rtol=RTOL, atol=ATOL) for o, r in zip(outputs, reference))
         checks[key] = (diff, None if close else "mismatch", None if close else f"max relative difference {diff:.3g}")
         runs[key] = program
-    timings = compare(runs, rounds=3, warmup=1, min_repeats=2, min_seconds=min_seconds) if runs else {}
+    timings = compare(runs, rounds=rounds, warmup=1, min_repeats=2, min_seconds=min_seconds) if runs else {}
     records = []
     for candidate, (key, compile_s, error_kind, error) in zip(candidates, built):
         diff = None

@@ -18,7 +18,7 @@ from autofuse.costmodel.gnn import GNNConfig, GNNModel
 from autofuse.costmodel.plot import plot_curves
 from autofuse.costmodel.train import TrainConfig
 from autofuse.database import open_database
-from autofuse.datasets.records import RecordsError, collect, sample_candidates, samples_of, training_frame
+from autofuse.datasets.records import RecordsError, canonical_hlo, collect, sample_candidates, samples_of, training_frame
 from autofuse.search.space import Space
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,6 +47,58 @@ def collected(conv_model_path, tmp_path_factory):
     with open_database(path) as db:
         added = collect([str(conv_model_path)], db, max_candidates=3, min_seconds=0.01, log=lambda _: None)
     return path, added
+
+
+FUSED = """HloModule jit_a, entry_computation_layout={(f32[1,4,8]{2,1,0})->f32[8,4]{1,0}}
+
+FileLocations
+1 {file_name_id=1 function_name_id=1 line=13 end_line=13 column=8 end_column=58}
+
+%fused_computation.1 (param_0.4: f32[4,8]) -> f32[8,4] {
+  %param_0.4 = f32[4,8]{1,0} parameter(0)
+  %bitcast.5 = f32[1,4,8]{2,1,0} bitcast(%param_0.4), metadata={op_name="jit(_function)/dot" stack_frame_id=9}
+  ROOT %transpose.0 = f32[1,8,4]{2,1,0} transpose(%bitcast.5), dimensions={0,2,1}
+}
+
+ENTRY %main.1 (x.1: f32[1,4,8]) -> f32[8,4] {
+  %x.1 = f32[1,4,8]{2,1,0} parameter(0), metadata={op_name="inputs[\'x\']"}
+  %exp.3 = f32[1,4,8]{2,1,0} exponential(%x.1), metadata={op_name="jit(_function)/exp" stack_frame_id=3}
+  %bitcast = f32[4,8]{1,0} bitcast(%exp.3)
+  ROOT %fusion = f32[8,4]{1,0} fusion(%bitcast), kind=kLoop, calls=%fused_computation.1
+}
+"""
+
+# The same kernels behind a barrier, other names, other metadata and stack frames.
+SPLIT = """HloModule jit_b, entry_computation_layout={(f32[1,4,8]{2,1,0})->f32[8,4]{1,0}}
+
+FileLocations
+1 {file_name_id=1 function_name_id=1 line=99 end_line=99 column=8 end_column=58}
+2 {file_name_id=1 function_name_id=1 line=14 end_line=14 column=8 end_column=58}
+
+%fused_computation.7 (param_0.3: f32[1,4,8]) -> f32[8,4] {
+  %param_0.3 = f32[1,4,8]{2,1,0} parameter(0)
+  ROOT %transpose.2 = f32[1,8,4]{2,1,0} transpose(%param_0.3), dimensions={0,2,1}, metadata={op_name="t"}
+}
+
+ENTRY %main.9 (x.2: f32[1,4,8]) -> f32[8,4] {
+  %x.2 = f32[1,4,8]{2,1,0} parameter(0)
+  %exp.1 = f32[1,4,8]{2,1,0} exponential(%x.2), metadata={op_name="jit(_function)/exp" stack_frame_id=2}
+  %optimization_barrier.1 = f32[1,4,8]{2,1,0} opt-barrier(%exp.1)
+  ROOT %fusion.3 = f32[8,4]{1,0} fusion(%optimization_barrier.1), kind=kLoop, calls=%fused_computation.7
+}
+"""
+
+
+def test_canonical_hlo_equates_programs_that_run_the_same_kernels():
+    assert canonical_hlo(FUSED) == canonical_hlo(SPLIT)
+    assert "exponential(v0)" in canonical_hlo(FUSED)
+    # Any change to the work done is a different program.
+    assert canonical_hlo(FUSED.replace("exponential", "tanh")) != canonical_hlo(FUSED)
+    assert canonical_hlo(FUSED.replace("dimensions={0,2,1}", "dimensions={0,1,2}")) != canonical_hlo(FUSED)
+    assert canonical_hlo(FUSED.replace("kind=kLoop", "kind=kInput")) != canonical_hlo(FUSED)
+    # A line it cannot parse is kept as it is, never dropped.
+    odd = FUSED.replace("  ROOT %fusion =", "  weird line\n  ROOT %fusion =")
+    assert canonical_hlo(odd) != canonical_hlo(FUSED) and "weird line" in canonical_hlo(odd)
 
 
 def test_sample_candidates_keeps_the_default_first_and_caps():

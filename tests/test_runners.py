@@ -168,3 +168,13 @@ def test_local_runner_close_can_cancel_jobs_not_started():
     runner.close(cancel_pending=True)
     assert running.result().ok
     assert all(f.cancelled() for f in queued)
+
+
+def test_compare_rotates_which_contender_goes_first():
+    from autofuse.runners.protocol import compare
+
+    calls: list[str] = []
+    contenders = {name: functools.partial(calls.append, name) for name in "abc"}
+    timings = compare(contenders, rounds=3, warmup=0, min_repeats=1, min_seconds=0.0, settle_runs=0)
+    assert calls == list("abc" "bca" "cab")
+    assert all(len(t.samples) == 3 for t in timings.values())
