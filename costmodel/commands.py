@@ -53,8 +53,6 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default 3000)")
     p.add_argument("--hidden", type=int, default=64, help="GNN width (default 64)")
     p.add_argument("--layers", type=int, default=3, help="message-passing layers (default 3)")
-    p.add_argument("--members", type=int, help="networks in the ensemble, their mean the prediction "
-                                                 "(default: as many as the shipped model's)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches (default 0)")
 
 
@@ -69,9 +67,7 @@ def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
     from autofuse.costmodel.gnn import GNNConfig
     from autofuse.costmodel.train import TrainConfig
 
-    members = args.members if args.members is not None else GNNConfig().members
-    return TrainConfig(steps=args.steps, seed=args.seed), GNNConfig(hidden=args.hidden, layers=args.layers,
-                                                                    members=members)
+    return TrainConfig(steps=args.steps, seed=args.seed), GNNConfig(hidden=args.hidden, layers=args.layers)
 
 
 def _frame(paths: list[str]) -> Any:

@@ -9,11 +9,6 @@ with a residual, layer-normalised step. A readout takes the sum and the max of
 the node states per graph, joins the graph's global features, and an MLP head
 predicts the normalised log latency.
 
-A model is an ensemble of `members` such networks of one shape, their
-parameters stacked along a leading axis and run with `jax.vmap`; the
-prediction is their mean (members start from different initialisations and
-train on different batches, so their errors partly cancel).
-
 `GNNModel` holds the params with the normalisation of the targets; it saves as
 an `.npz` of arrays plus a `.json` of metadata (versioned; no pickle).
 """
@@ -33,7 +28,7 @@ from autofuse.costmodel.features import (EDGE_FEATURES, FEATURE_VERSION, GLOBAL_
                                          GraphArrays, GraphBatch, batch, featurize)
 from autofuse.errors import AutofuseError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 Params = dict[str, dict[str, jax.Array]]
 
 
@@ -47,7 +42,6 @@ class GNNConfig:
 
     hidden: int = 64
     layers: int = 3
-    members: int = 1
 
 
 def _dense(key: jax.Array, fan_in: int, fan_out: int) -> dict[str, jax.Array]:
@@ -67,11 +61,7 @@ def _layer_norm(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
 
 
 def init_params(config: GNNConfig, key: jax.Array) -> Params:
-    """Random initial parameters for `config`: every array has a leading `members` axis."""
-    return jax.vmap(lambda k: _init_member(config, k))(jax.random.split(key, config.members))
-
-
-def _init_member(config: GNNConfig, key: jax.Array) -> Params:
+    """Random initial parameters for `config`."""
     h = config.hidden
     keys = iter(jax.random.split(key, 6 + 3 * config.layers))
     params: Params = {
@@ -90,17 +80,7 @@ def _init_member(config: GNNConfig, key: jax.Array) -> Params:
 
 
 def apply(params: Params, graphs: GraphBatch) -> jax.Array:
-    """Normalised log-latency predictions, one per graph slot of the batch (padding included):
-    the mean over the ensemble's members."""
-    return apply_members(params, graphs).mean(0)
-
-
-def apply_members(params: Params, graphs: GraphBatch) -> jax.Array:
-    """Each member's predictions, [members, graphs]."""
-    return jax.vmap(_apply_member, in_axes=(0, None))(params, graphs)
-
-
-def _apply_member(params: Params, graphs: GraphBatch) -> jax.Array:
+    """Normalised log-latency predictions, one per graph slot of the batch (padding included)."""
     layers = sum(1 for k in params if k.endswith("/self"))
     n, g = graphs.nodes.shape[0], graphs.globals.shape[0]
     h = jax.nn.relu(_apply_dense(params["node_embed"], graphs.nodes))

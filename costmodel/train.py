@@ -23,7 +23,7 @@ import optax
 
 from autofuse.costmodel.base import Sample
 from autofuse.costmodel.features import GraphArrays, GraphBatch, batch, featurize, pow2
-from autofuse.costmodel.gnn import GNNConfig, GNNModel, Params, _apply_member, init_params
+from autofuse.costmodel.gnn import GNNConfig, GNNModel, Params, apply, init_params
 from autofuse.errors import AutofuseError
 
 
@@ -42,8 +42,6 @@ class TrainConfig:
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
     regression_weight: float = 0.1
-    centered_weight: float = 0.0
-    group_balance: float = 1.0  # EXPERIMENT
     margin: float = 0.01  # log-latency differences below this count as ties (1%)
     seed: int = 0
 
@@ -75,45 +73,16 @@ def make_dataset(samples: Sequence[Sample], latencies_s: Sequence[float],
 
 
 def loss_fn(params: Params, graphs: GraphBatch, y: jax.Array, group: jax.Array,
-            margin: float, regression_weight: float, centered_weight: float = 0.0, balance: float = 1.0) -> jax.Array:
-    """The ensemble's loss: every member's on its own batch (arrays with a leading members axis)."""
-    losses = jax.vmap(member_loss, in_axes=(0, 0, 0, 0, None, None, None, None))(
-        params, graphs, y, group, margin, regression_weight, centered_weight, balance)
-    return jnp.sum(losses)
-
-
-def member_loss(params: Params, graphs: GraphBatch, y: jax.Array, group: jax.Array,
-                margin: float, regression_weight: float, centered_weight: float, balance: float = 1.0) -> jax.Array:
-    """One network's loss on one batch (y normalised, padding group -1)."""
-    rank, regression, centered = objectives(_apply_member(params, graphs), y, group, graphs.graph_mask, margin, balance)
-    return rank + regression_weight * regression + centered_weight * centered
-
-
-def objectives(pred: jax.Array, y: jax.Array, group: jax.Array, valid: jax.Array,
-               margin: float, balance: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The three terms of the loss over a batch's valid slots.
-
-    rank: RankNet's logistic loss over the pairs of one group whose targets
-    differ by more than `margin`, averaged within each group, then over groups
-    (every task weighs alike, as in the per-task metrics, whatever its
-    number of candidates); regression: the squared error of the target;
-    centered: the squared error of each candidate's difference from its
-    group's mean (the part of the target a ranking within a task can use).
-    """
+            margin: float, regression_weight: float) -> jax.Array:
+    """RankNet loss over same-group pairs plus weighted squared error (y normalised, padding group -1)."""
+    pred = apply(params, graphs)
+    valid = graphs.graph_mask
     same = (group[:, None] == group[None, :]) & valid[:, None] & valid[None, :]
     slower = same & (y[:, None] - y[None, :] > margin)  # pair (i, j): i measured slower than j
     pair_loss = jax.nn.softplus(-(pred[:, None] - pred[None, :]))
-    group_pairs = same.astype(jnp.float32) @ jnp.sum(slower, 1).astype(jnp.float32)  # pairs in i's group
-    weight = jnp.where(slower, 1.0 / jnp.maximum(group_pairs, 1.0)[:, None], 0.0)
-    weight = jnp.where(balance > 0, weight, slower.astype(jnp.float32))
-    rank = jnp.sum(weight * pair_loss) / jnp.maximum(jnp.sum(weight), 1.0)
-    count = jnp.maximum(jnp.sum(valid), 1)
-    regression = jnp.sum(jnp.where(valid, (pred - y) ** 2, 0.0)) / count
-    size = jnp.maximum(jnp.sum(same, 1), 1)
-    mean_of = same.astype(jnp.float32)
-    offset = (pred - mean_of @ pred / size) - (y - mean_of @ y / size)
-    centered = jnp.sum(jnp.where(valid, offset ** 2, 0.0)) / count
-    return rank, regression, centered
+    rank = jnp.sum(jnp.where(slower, pair_loss, 0.0)) / jnp.maximum(jnp.sum(slower), 1)
+    regression = jnp.sum(jnp.where(valid, (pred - y) ** 2, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    return rank + regression_weight * regression
 
 
 class _Step(NamedTuple):
@@ -124,12 +93,10 @@ class _Step(NamedTuple):
 StepFn = Callable[[_Step, GraphBatch, jax.Array, jax.Array], tuple[_Step, jax.Array]]
 
 
-def _make_step(optimizer: optax.GradientTransformation, margin: float, config: TrainConfig) -> StepFn:
+def _make_step(optimizer: optax.GradientTransformation, margin: float, regression_weight: float) -> StepFn:
     @jax.jit
     def step(state: _Step, graphs: GraphBatch, y: jax.Array, group: jax.Array) -> tuple[_Step, jax.Array]:
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, graphs, y, group, margin,
-                                                  config.regression_weight, config.centered_weight,
-                                                  config.group_balance)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, graphs, y, group, margin, regression_weight)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return _Step(optax.apply_updates(state.params, updates), opt_state), loss
     return step
@@ -163,14 +130,6 @@ def _sample_batch(data: Dataset, rng: np.random.Generator, config: TrainConfig, 
     return graphs, y, group
 
 
-def _sample_batches(data: Dataset, rng: np.random.Generator, config: TrainConfig, members: int, y_mean: float,
-                    y_std: float, floors: dict[str, int]) -> tuple[GraphBatch, np.ndarray, np.ndarray]:
-    """One batch per ensemble member, stacked along a leading axis."""
-    parts = [_sample_batch(data, rng, config, y_mean, y_std, floors) for _ in range(members)]
-    graphs = GraphBatch(*(np.stack(field) for field in zip(*(p[0] for p in parts))))
-    return graphs, np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts])
-
-
 def train(data: Dataset, *, config: TrainConfig = TrainConfig(), model_config: GNNConfig = GNNConfig(),
           log: Callable[[str], None] | None = None) -> GNNModel:
     """Trains a fresh GNN on `data` for `config.steps` steps."""
@@ -184,12 +143,12 @@ def train(data: Dataset, *, config: TrainConfig = TrainConfig(), model_config: G
                             optax.adamw(schedule, weight_decay=config.weight_decay))
     params = init_params(model_config, jax.random.PRNGKey(config.seed))
     state = _Step(params, optimizer.init(params))
-    step = _make_step(optimizer, config.margin / y_std, config)
+    step = _make_step(optimizer, config.margin / y_std, config.regression_weight)
     rng = np.random.default_rng(config.seed)
     start, recent = time.perf_counter(), []
     floors = _floors(data, config)
     for i in range(config.steps):
-        graphs, y, group = _sample_batches(data, rng, config, model_config.members, y_mean, y_std, floors)
+        graphs, y, group = _sample_batch(data, rng, config, y_mean, y_std, floors)
         state, loss = step(state, graphs, y, group)
         recent.append(float(loss))
         if log and (i + 1) % max(config.steps // 10, 1) == 0:
@@ -218,7 +177,7 @@ class FineTuner:
         optimizer = optax.chain(optax.clip_by_global_norm(self.config.clip_norm),
                                 optax.adamw(self.config.learning_rate, weight_decay=self.config.weight_decay))
         self._state = _Step(model.params, optimizer.init(model.params))
-        self._step = _make_step(optimizer, self.config.margin / model.y_std, self.config)
+        self._step = _make_step(optimizer, self.config.margin / model.y_std, self.config.regression_weight)
         self._replay = Dataset([], np.zeros(0), np.zeros(0, np.int32))
         self._group_ids: dict[str, int] = {}
         self._rng = np.random.default_rng(self.config.seed)
@@ -240,8 +199,8 @@ class FineTuner:
         steps, floors = 0, _floors(replay, self.config)
         while steps < self.max_steps and time.perf_counter() < deadline:
             data = fresh if steps % 2 == 0 else replay
-            graphs, y, group = _sample_batches(data, self._rng, self.config, self.model.config.members,
-                                               self.model.y_mean, self.model.y_std, floors)
+            graphs, y, group = _sample_batch(data, self._rng, self.config, self.model.y_mean, self.model.y_std,
+                                             floors)
             self._state, _ = self._step(self._state, graphs, y, group)
             steps += 1
         self.model.params = self._state.params

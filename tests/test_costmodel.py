@@ -19,7 +19,7 @@ from autofuse.costmodel.features import (EDGE_FEATURES, GLOBAL_FEATURES, NODE_FE
 from autofuse.costmodel.gnn import CostModelFileError, GNNConfig, GNNModel
 from autofuse.costmodel.metrics import (best_so_far_curve, kendall, measurements_to_reach, ranking_report,
                                         spearman, top_k_recall)
-from autofuse.costmodel.train import TrainConfig, make_dataset, objectives, train
+from autofuse.costmodel.train import TrainConfig, make_dataset, train
 
 TARGET = {"kind": "cpu", "device": "test cpu", "isa": "avx2,avx512f", "jax_version": "0", "jaxlib_version": "0",
           "xla_flags": ""}
@@ -200,38 +200,6 @@ def test_save_load_round_trip_and_versions(trained, tmp_path):
         GNNModel.load(path)
     with pytest.raises(CostModelFileError, match="missing"):
         GNNModel.load(tmp_path / "missing.npz")
-
-
-def test_an_ensemble_predicts_the_mean_of_its_members(tmp_path):
-    samples, latencies, groups = synthetic([(8, 8), (16, 16)])
-    model = train(make_dataset(samples, latencies, groups), model_config=GNNConfig(hidden=8, layers=1, members=3),
-                  config=TrainConfig(steps=20, groups_per_batch=2, per_group=8))
-    assert all(v.shape[0] == 3 for group in model.params.values() for v in group.values())
-    graphs = batch([featurize(s) for s in samples], **gnn.PREDICT_FLOORS)
-    each = np.asarray(gnn.apply_members(model.params, graphs))[:, :len(samples)]
-    assert not np.allclose(each[0], each[1], atol=1e-3)  # members start and train apart
-    assert np.allclose(model.predict(samples), each.mean(0) * model.y_std + model.y_mean, atol=1e-4)
-    loaded = GNNModel.load(model.save(tmp_path / "ensemble"))
-    assert loaded.config.members == 3
-    assert np.allclose(loaded.predict(samples), model.predict(samples), atol=1e-5)
-
-
-def test_every_task_weighs_alike_in_the_ranking_loss():
-    # Task 0 has 6 candidates ranked right (15 pairs); task 1 has 2 ranked wrong (1 pair).
-    y = np.array([0, 1, 2, 3, 4, 5, 0, 1], np.float32)
-    pred = np.array([0, 1, 2, 3, 4, 5, 1, 0], np.float32)
-    group = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int32)
-    rank, regression, centered = objectives(pred, y, group, np.ones(8, bool), margin=0.01)
-    right = np.mean([np.log1p(np.exp(-(pred[i] - pred[j]))) for i in range(6) for j in range(i)])
-    wrong = np.log1p(np.exp(-(pred[7] - pred[6])))
-    assert float(rank) == pytest.approx((right + wrong) / 2, rel=1e-5)
-    assert float(regression) == pytest.approx(np.mean((pred - y) ** 2), rel=1e-5)
-    assert float(centered) == pytest.approx(2 / 8, rel=1e-5)  # only task 1 is off: by 1 each way
-    # A constant offset per task changes the regression term only.
-    shifted = objectives(pred + 10 * group, y, group, np.ones(8, bool), margin=0.01)
-    assert float(shifted[0]) == pytest.approx(float(rank), rel=1e-5)
-    assert float(shifted[2]) == pytest.approx(float(centered), rel=1e-5)
-    assert float(shifted[1]) > float(regression)
 
 
 def test_update_fine_tunes_within_its_budget(trained):
