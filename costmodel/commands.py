@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import Any
 
-from autofuse.datasets.records import DEFAULT_REWRITES
+from autofuse.datasets.records import DEFAULT_REWRITES, MEASURE_SECONDS, ROUNDS
 
 
 def add_parsers(sub: Any) -> None:
@@ -24,10 +24,10 @@ def add_parsers(sub: Any) -> None:
                               f"(default {','.join(DEFAULT_REWRITES)}; '' for none)")
     collect.add_argument("--max-candidates", type=int, default=16, metavar="N",
                          help="candidates per task: the default and a seeded sample of the rest (default 16)")
-    collect.add_argument("--measure-seconds", type=float, default=0.3, metavar="S",
-                         help="minimum timing per distinct program (default 0.3)")
-    collect.add_argument("--rounds", type=int, default=6, metavar="N",
-                         help="interleaved rounds the timing of a task's programs is spread over (default 6)")
+    collect.add_argument("--measure-seconds", type=float, default=MEASURE_SECONDS, metavar="S",
+                         help=f"minimum timing per distinct program (default {MEASURE_SECONDS})")
+    collect.add_argument("--rounds", type=int, default=ROUNDS, metavar="N",
+                         help=f"interleaved rounds the timing of a task's programs is spread over (default {ROUNDS})")
     collect.add_argument("--seed", type=int, default=0, help="seed for inputs and the sample (default 0)")
     collect.set_defaults(func=cmd_collect)
 

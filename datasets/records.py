@@ -29,6 +29,8 @@ from autofuse.errors import AutofuseError
 
 # The tolerance a candidate's outputs must meet against the task's default lowering.
 RTOL, ATOL = 2e-3, 2e-4
+# How long each distinct program is timed in all, and over how many interleaved rounds.
+MEASURE_SECONDS, ROUNDS = 0.3, 6
 
 
 class RecordsError(AutofuseError):
@@ -110,7 +112,7 @@ DEFAULT_REWRITES = ("folding", "algebraic", "layout")
 
 
 def collect(models: Sequence[str], db: Any, *, rewrites: Sequence[str] = DEFAULT_REWRITES,
-            max_candidates: int = 16, min_seconds: float = 0.3, rounds: int = 6, seed: int = 0,
+            max_candidates: int = 16, min_seconds: float = MEASURE_SECONDS, rounds: int = ROUNDS, seed: int = 0,
             log: Callable[[str], None] = print) -> int:
     """Measures the candidates of every task of `models` (after the `rewrites` families,
     as the tuner cuts tasks from a rewritten model) into the database `db`.
@@ -147,7 +149,7 @@ def collect(models: Sequence[str], db: Any, *, rewrites: Sequence[str] = DEFAULT
 
 
 def measure_task(task: Any, candidates: Sequence[dict[str, str]], *, target_key: str, min_seconds: float,
-                 rounds: int = 6, seed: int = 0) -> list[Any]:
+                 rounds: int = ROUNDS, seed: int = 0) -> list[Any]:
     """One `Record` per candidate: compiled, checked against the task's default lowering,
     timed once per distinct program; a failure is a record, never an exception."""
     from autofuse.database import Record, candidate_key

@@ -74,8 +74,7 @@ def compare(
     Each block of a round starts with `settle_runs` untimed runs: the previous
     contender's threads may still be spinning (onnxruntime's do, for a while),
     and would otherwise slow the first timed runs of the next one. Each round
-    starts one contender later than the one before, so none always follows
-    the same neighbour or goes first.
+    starts one contender later than the one before, so none always goes first.
     """
     for run in contenders.values():
         for _ in range(warmup):
@@ -84,7 +83,6 @@ def compare(
     names = list(contenders)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            run = contenders[name]
-            timing = measure(run, warmup=settle_runs, min_repeats=min_repeats, min_seconds=min_seconds / rounds)
+            timing = measure(contenders[name], warmup=settle_runs, min_repeats=min_repeats, min_seconds=min_seconds / rounds)
             samples[name].extend(timing.samples)
     return {name: summarize(values) for name, values in samples.items()}
