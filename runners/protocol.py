@@ -83,6 +83,7 @@ def compare(
     names = list(contenders)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            timing = measure(contenders[name], warmup=settle_runs, min_repeats=min_repeats, min_seconds=min_seconds / rounds)
+            timing = measure(contenders[name], warmup=settle_runs, min_repeats=min_repeats,
+                             min_seconds=min_seconds / rounds)
             samples[name].extend(timing.samples)
     return {name: summarize(values) for name, values in samples.items()}
