@@ -42,7 +42,8 @@ def add_parsers(sub: Any) -> None:
 
     evaluate = actions.add_parser("eval", help="leave-one-model-out ranking metrics and search-efficiency curves")
     evaluate.add_argument("--db", required=True, action="append", metavar="PATH", help="tuning database (repeatable)")
-    evaluate.add_argument("--models", metavar="M1,M2", help="held-out models (default: every model in the data)")
+    evaluate.add_argument("--models", metavar="M1,M2",
+                          help="held-out models (default: every model in the data but synthetic ones)")
     evaluate.add_argument("--plot", metavar="CURVES.png", help="write the search-efficiency curves here")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     _add_training_options(evaluate)
@@ -113,14 +114,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from autofuse.costmodel.evaluate import leave_one_model_out, summary_table
+    from autofuse.costmodel.evaluate import evaluated_models, leave_one_model_out, summary_table
     from autofuse.costmodel.plot import plot_curves
     from autofuse.datasets.records import task_weights
 
     train_config, model_config = _configs(args)
     frame = _frame(args.db)
-    models = [m.strip() for m in args.models.split(",")] if args.models else sorted(
-        {m for ms in frame["models"] for m in ms})
+    models = [m.strip() for m in args.models.split(",")] if args.models else evaluated_models(frame)
     results = leave_one_model_out(frame, models=models, weights=task_weights(models), train_config=train_config,
                                   model_config=model_config, log=None if args.json else print)
     if args.json:

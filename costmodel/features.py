@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import replace
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from autofuse.costmodel.base import AnalyticModel, Sample
+from autofuse.costmodel.work import node_work, resolved_algorithm
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 OP_BUCKETS = 32
 # The words algorithm choices are named with (`conv_packed`, `winograd_f4x4_3x3`, ...): one
 # feature each, so that no two choices share a feature (hashed names did) and a new
@@ -108,7 +110,19 @@ def _node_features(node: Mapping[str, Any], decisions: Mapping[str, Any]) -> lis
         + [math.log10(flops + 1) / 12, math.log10(moved + 1) / 10, math.log10(flops / max(moved, 1.0) + 1) / 3]
         + _attr_features(node.get("attrs") or {})
         + algorithm + [float("algorithm" in decisions)] + other
+        + _work_features(node, str(decisions.get("algorithm", "default")))
     )
+
+
+def _work_features(node: Mapping[str, Any], algorithm: str) -> list[float]:
+    """The matrix products the node runs under its algorithm (`work.node_work`), log-scaled."""
+    work = node_work(node, algorithm)
+    if work is None:
+        return [0.0] * 9
+    flops = 2.0 * work.products * work.m * work.k * work.n
+    return [1.0, _log2(work.products) / 16, _log2(work.m) / 16, _log2(work.k) / 16, _log2(work.n) / 16,
+            math.log10(flops + 1) / 12, math.log10(work.scratch_bytes + 1) / 10,
+            math.log10(work.weight_bytes + 1) / 10, work.tile / 4]
 
 
 def _target_features(target: Mapping[str, Any]) -> list[float]:
@@ -143,6 +157,18 @@ def _split_decisions(candidate: Mapping[str, Any], n_nodes: int) -> tuple[
     return per_node, per_edge, rest
 
 
+def _resolve_algorithms(sample: Sample) -> Sample:
+    """The sample with each algorithm decision named after the rule that runs (`work.resolved_algorithm`),
+    so two names of one program read the same."""
+    nodes = list(sample.description.get("nodes") or [])
+    candidate = dict(sample.candidate)
+    for i, node in enumerate(nodes):
+        key = f"node:{i}/algorithm"
+        if key in candidate:
+            candidate[key] = resolved_algorithm(node, str(candidate[key]))
+    return replace(sample, candidate=candidate)
+
+
 class GraphArrays(NamedTuple):
     """One sample's graph: node, edge and global features with its edge list."""
 
@@ -155,6 +181,7 @@ class GraphArrays(NamedTuple):
 
 def featurize(sample: Sample) -> GraphArrays:
     """The sample's graph features (see the module docstring)."""
+    sample = _resolve_algorithms(sample)
     description = sample.description
     raw_nodes = list(description.get("nodes") or [])
     per_node, per_edge, rest = _split_decisions(sample.candidate, len(raw_nodes))

@@ -221,14 +221,43 @@ def training_frame(db: Any) -> Any:
 
 
 def aggregate_repeats(frame: Any) -> Any:
-    """One row per (workload, target, candidate): repeated measurements (e.g. from several
-    databases) are combined by the geometric mean of their medians, a steadier label."""
+    """One row per (workload, target, candidate), labelled per program.
+
+    `measure_task` times the candidates that compile to one program once, so
+    within a task they share a median to the bit. Candidates that shared one
+    in any measurement are one program (a later collection may know programs
+    better than an earlier one did: `canonical_hlo`), and every candidate of a
+    program gets the geometric mean of all of the program's measurements.
+    """
     keys = ["workload_key", "target_key", "candidate_key"]
-    log_latency = np.log(frame["median_s"].to_numpy(np.float64))
-    mean_log = frame.assign(_log=log_latency).groupby(keys, sort=False)["_log"].transform("mean")
-    out = frame.assign(median_s=np.exp(mean_log.to_numpy()), repeats_measured=frame.groupby(
-        keys, sort=False)["median_s"].transform("size"))
-    return out.drop_duplicates(keys).reset_index(drop=True)
+    program = _program_ids(frame)
+    measured = frame.assign(_program=program, _log=np.log(frame["median_s"].to_numpy(np.float64)))
+    # One measurement of a program is one row per distinct median, however many candidates it labels.
+    timings = measured.drop_duplicates(["_program", "median_s"])
+    label = timings.groupby("_program")["_log"].mean()
+    count = timings.groupby("_program")["_log"].size()
+    out = measured.assign(median_s=np.exp(label.reindex(program).to_numpy()),
+                          repeats_measured=count.reindex(program).to_numpy())
+    return out.drop_duplicates(keys).drop(columns=["_program", "_log"]).reset_index(drop=True)
+
+
+def _program_ids(frame: Any) -> np.ndarray:
+    """An id per row: rows of one task whose candidates were ever timed as one program share it."""
+    parent: dict[tuple, tuple] = {}
+
+    def find(x: tuple) -> tuple:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    cells = list(zip(frame["workload_key"], frame["target_key"], frame["candidate_key"]))
+    by_timing: dict[tuple, tuple] = {}
+    for cell, median in zip(cells, frame["median_s"]):
+        shared = by_timing.setdefault((cell[0], cell[1], median), cell)
+        parent[find(cell)] = find(shared)
+    roots = {root: i for i, root in enumerate(dict.fromkeys(find(c) for c in cells))}
+    return np.array([roots[find(c)] for c in cells], np.int64)
 
 
 def task_weights(models: Sequence[str],

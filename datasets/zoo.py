@@ -148,10 +148,15 @@ def calibrate_batchnorm(model: Any, seed: int = 0) -> Any:
 
 
 def resolve_model(name_or_path: str | os.PathLike, seed: int = 0) -> Path:
-    """A model path; `zoo:<name>` is materialised (once) and its cached file returned."""
+    """A model path; `zoo:<name>` is materialised (once) and its cached file returned,
+    `synth:<family>-<seed>` drawn (once, `datasets.synthetic`)."""
+    from autofuse.datasets import synthetic
+
     text = os.fspath(name_or_path)
     if text.startswith(PREFIX):
         return zoo_path(text, seed=seed)
+    if text.startswith(synthetic.PREFIX):
+        return synthetic.synthetic_path(text)
     return Path(text)
 
 

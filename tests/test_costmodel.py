@@ -99,10 +99,53 @@ def test_every_algorithm_choice_has_its_own_features():
 
     names = ["default", *sorted(choice_rules())]
     rows = {name: featurize(sample({"node:0/algorithm": name})).nodes[0].tobytes() for name in names}
+    # (on a Conv node; on a ConvNHWC, winograd_3x3 reads as the tile it picks: the test below)
     assert len(set(rows.values())) == len(names)  # hashed names used to collide (conv_packed, matmul_weight_nk)
     unknown = featurize(sample({"node:0/algorithm": "brand_new_packed"})).nodes[0]
     packed = featurize(sample({"node:0/algorithm": "conv_packed"})).nodes[0]
     assert np.count_nonzero(unknown != packed) == 2  # 'conv' vs an unknown word; 'packed' shared
+
+
+def conv_nhwc(size: int, cin: int, cout: int) -> dict:
+    """A one-node ConvNHWC 3x3 task description."""
+    return {"nodes": [{"op": "ConvNHWC", "domain": "", "mapping": "many_to_many", "dtype": "float32",
+                       "in_shapes": [[1, size, size, cin], [3, 3, cin, cout]], "out_shape": [1, size, size, cout],
+                       "flops": 2.0 * size * size * 9 * cin * cout, "bytes": 4.0 * size * size * (cin + cout),
+                       "attrs": {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}}],
+            "edges": [], "inputs": [[1, size, size, cin]], "outputs": [[1, size, size, cout]]}
+
+
+def test_winograd_3x3_reads_as_the_tile_it_picks():
+    def node(size: int, algorithm: str) -> bytes:
+        return featurize(sample({"node:0/algorithm": algorithm}, conv_nhwc(size, 32, 32))).nodes[0].tobytes()
+
+    # 28x28 has 49 F(4x4) tiles, over F4_MIN_TILES; 14x14 has 16, under it (the rule's own choice).
+    assert node(28, "winograd_3x3") == node(28, "winograd_f4x4_3x3") != node(28, "winograd_f2x2_3x3")
+    assert node(14, "winograd_3x3") == node(14, "winograd_f2x2_3x3") != node(14, "winograd_f4x4_3x3")
+
+
+def test_node_work_names_the_products_each_algorithm_runs():
+    from autofuse.costmodel.work import node_work
+
+    conv = conv_nhwc(28, 64, 96)["nodes"][0]
+    direct = node_work(conv, "default")
+    assert (direct.products, direct.m, direct.k, direct.n, direct.scratch_bytes) == (1, 784, 576, 96, 0.0)
+    assert node_work(conv, "conv_packed") == direct  # patches gathered while packing: no scratch
+    assert node_work(conv, "nhwc_conv_im2col").scratch_bytes == 2 * 4 * 784 * 576
+    f4 = node_work(conv, "winograd_f4x4_3x3")
+    assert (f4.products, f4.m, f4.k, f4.n, f4.tile) == (36, 49, 64, 96, 4)
+    assert f4.weight_bytes == pytest.approx(direct.weight_bytes * 36 / 9)
+    assert node_work(conv, "conv_winograd_packed").tile == 2
+    assert 2 * f4.products * f4.m * f4.k * f4.n < conv["flops"] / 3  # F(4x4): about 4x fewer multiplies
+    depthwise = dict(conv, in_shapes=[[1, 28, 28, 64], [3, 3, 1, 64]], out_shape=[1, 28, 28, 64],
+                     attrs={"group": 64})
+    assert node_work(depthwise, "depthwise_conv_nhwc")[:4] == (64, 784, 9, 1)
+    matmul = {"op": "MatMul", "in_shapes": [[1, 12, 128, 64], [1, 12, 64, 128]], "out_shape": [1, 12, 128, 128]}
+    assert node_work(matmul, "default")[:4] == (12, 128, 64, 128)
+    gemm = {"op": "Gemm", "in_shapes": [[128, 768], [3072, 768], [3072]], "out_shape": [128, 3072],
+            "attrs": {"transB": 1}}
+    assert node_work(gemm, "gemm_packed")[:4] == (1, 128, 768, 3072)
+    assert node_work({"op": "Relu", "in_shapes": [[4]], "out_shape": [4]}, "default") is None
 
 
 def test_batch_pads_to_powers_of_two_with_a_padding_graph():

@@ -13,12 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 from test_costmodel import TARGET, synthetic
 
 from autofuse.cli import main
+from autofuse.costmodel.base import RandomModel
 from autofuse.costmodel.evaluate import leave_one_model_out, summary_table
 from autofuse.costmodel.gnn import GNNConfig, GNNModel
 from autofuse.costmodel.plot import plot_curves
 from autofuse.costmodel.train import TrainConfig
 from autofuse.database import open_database
-from autofuse.datasets.records import RecordsError, canonical_hlo, collect, sample_candidates, samples_of, training_frame
+from autofuse.datasets.records import (RecordsError, aggregate_repeats, canonical_hlo, collect, sample_candidates,
+                                      samples_of, training_frame)
 from autofuse.search.space import Space
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,6 +145,20 @@ def test_training_frame_refuses_an_empty_database(tmp_path):
         training_frame(db)
 
 
+def test_aggregate_repeats_labels_each_program_once():
+    # Database 1 timed a and b apart; database 2 knew them for one program (one median for both).
+    rows = [("a", 1.0), ("b", 1.1), ("c", 2.0), ("a", 1.2), ("b", 1.2), ("c", 2.2), ("a", 5.0)]
+    frame = pd.DataFrame({"workload_key": ["w"] * 6 + ["other"], "target_key": "t",
+                          "candidate_key": [c for c, _ in rows], "median_s": [m for _, m in rows]})
+    out = aggregate_repeats(frame).set_index(["workload_key", "candidate_key"])
+    program_ab = np.exp(np.mean(np.log([1.0, 1.1, 1.2])))  # three timings, the shared one counted once
+    assert out.loc[("w", "a"), "median_s"] == pytest.approx(program_ab)
+    assert out.loc[("w", "b"), "median_s"] == out.loc[("w", "a"), "median_s"]
+    assert out.loc[("w", "c"), "median_s"] == pytest.approx(np.sqrt(2.0 * 2.2))
+    assert out.loc[("other", "a"), "median_s"] == pytest.approx(5.0)  # another task: apart
+    assert list(out["repeats_measured"]) == [3, 3, 2, 1]
+
+
 def synthetic_frame() -> pd.DataFrame:
     """Two 'models' with their own conv-chain tasks, as `training_frame` returns them."""
     rows = []
@@ -168,9 +184,28 @@ def test_leave_one_model_out_beats_random(tmp_path):
         counts, values = fold.curves["gnn"]
         assert counts[-1] == fold.reports["gnn"].samples and np.all(np.diff(values) <= 0)
     table = summary_table(results)
-    assert "mean" in table and "gnn" in table
+    assert "mean" in table and "over tasks" in table and "gnn" in table
     png = plot_curves(tmp_path / "curves.png", [(f.model, f.curves) for f in results])
     assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_leave_one_model_out_holds_out_zoo_models_and_their_workloads(monkeypatch):
+    import autofuse.costmodel.evaluate as evaluate
+
+    frame = synthetic_frame()
+    shared = frame[frame["workload_key"] == "conv8x8"].assign(models=[["synth:cnn-0"]] * 8)  # another database's copy
+    frame = pd.concat([frame, shared, shared.assign(workload_key="conv5x5")], ignore_index=True)
+    trained_on = {}
+
+    def fake_train(data, **_):
+        trained_on[len(trained_on)] = len(data.graphs)
+        return RandomModel(0)
+
+    monkeypatch.setattr(evaluate, "train", fake_train)
+    results = leave_one_model_out(frame, random_orders=2)
+    assert [f.model for f in results] == ["m1", "m2"]  # synthetic models are training data only
+    # m1's fold: m2's 3 tasks and the synthetic conv5x5, not m1's conv8x8 from the synthetic copy.
+    assert trained_on == {0: 8 * 4, 1: 8 * 3 + 8 * 2}
 
 
 def test_curves_png_without_matplotlib(tmp_path, monkeypatch):

@@ -204,3 +204,25 @@ def test_baseline_session_uses_every_core(tiny_model_path):
     np.testing.assert_array_equal(y, [[0, 0, 1, 2]])
     with pytest.raises(AutofuseError, match=r"missing inputs \['x'\]"):
         run_session(session, {})
+
+
+# synthetic models (cost-model training data)
+
+def test_synthetic_models_are_drawn_once_per_seed_and_cut_into_tasks(tmp_path, monkeypatch):
+    from autofuse.api import import_onnx, rewrite_model
+    from autofuse.datasets import synthetic
+    from autofuse.search.task import extract_tasks
+
+    monkeypatch.setenv("AUTOFUSE_CACHE", str(tmp_path / "again"))
+    again = zoo.resolve_model("synth:cnn-3").read_bytes()
+    monkeypatch.setenv("AUTOFUSE_CACHE", str(tmp_path))
+    path = zoo.resolve_model("synth:cnn-3")
+    assert path.parent == tmp_path / "synthetic" and path.read_bytes() == again  # the seed decides everything
+    assert zoo.resolve_model("synth:cnn-4").read_bytes() != again
+    ops = {"cnn": ("ConvNHWC",), "mlp": ("MatMul", "Gemm")}
+    for family, expected in ops.items():
+        tasks = extract_tasks(rewrite_model(import_onnx(f"synth:{family}-1"), ("folding", "algebraic", "layout")).model)
+        assert tasks and any(n["op"] in expected for t in tasks for n in t.describe()["nodes"])
+    for bad in ("synth:rnn-1", "synth:cnn", "synth:cnn-x"):
+        with pytest.raises(ModelLoadError, match="synth:<cnn|mlp>-<seed>"):
+            synthetic.parse(bad)
