@@ -17,7 +17,8 @@ def add_parsers(sub: Any) -> None:
     dataset.set_defaults(func=_usage(dataset))
     actions = dataset.add_subparsers(dest="dataset_command", metavar="ACTION")
     collect = actions.add_parser("collect", help="measure every task's candidates of the given models")
-    collect.add_argument("models", nargs="+", help=".onnx files or zoo names (autofuse zoo lists them)")
+    collect.add_argument("models", nargs="+", help=".onnx files, zoo names (autofuse zoo lists them) or "
+                                                   "synthetic models (synth:cnn-<seed>, synth:mlp-<seed>)")
     collect.add_argument("--db", required=True, metavar="PATH", help="tuning database, created if missing")
     collect.add_argument("--rewrites", default=",".join(DEFAULT_REWRITES), metavar="FAMILIES",
                          help="rewrite families applied before cutting tasks, as the tuner does "

@@ -238,6 +238,9 @@ def aggregate_repeats(frame: Any) -> Any:
     count = timings.groupby("_program")["_log"].size()
     out = measured.assign(median_s=np.exp(label.reindex(program).to_numpy()),
                           repeats_measured=count.reindex(program).to_numpy())
+    if "models" in out:  # a workload recorded by several databases occurs in all of their models
+        models = out.groupby("workload_key")["models"].agg(lambda lists: sorted({m for ms in lists for m in ms}))
+        out["models"] = models.reindex(out["workload_key"]).to_numpy()
     return out.drop_duplicates(keys).drop(columns=["_program", "_log"]).reset_index(drop=True)
 
 

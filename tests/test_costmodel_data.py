@@ -149,7 +149,8 @@ def test_aggregate_repeats_labels_each_program_once():
     # Database 1 timed a and b apart; database 2 knew them for one program (one median for both).
     rows = [("a", 1.0), ("b", 1.1), ("c", 2.0), ("a", 1.2), ("b", 1.2), ("c", 2.2), ("a", 5.0)]
     frame = pd.DataFrame({"workload_key": ["w"] * 6 + ["other"], "target_key": "t",
-                          "candidate_key": [c for c, _ in rows], "median_s": [m for _, m in rows]})
+                          "candidate_key": [c for c, _ in rows], "median_s": [m for _, m in rows],
+                          "models": [["m1"]] * 3 + [["m2"]] * 3 + [["m3"]]})
     out = aggregate_repeats(frame).set_index(["workload_key", "candidate_key"])
     program_ab = np.exp(np.mean(np.log([1.0, 1.1, 1.2])))  # three timings, the shared one counted once
     assert out.loc[("w", "a"), "median_s"] == pytest.approx(program_ab)
@@ -157,6 +158,7 @@ def test_aggregate_repeats_labels_each_program_once():
     assert out.loc[("w", "c"), "median_s"] == pytest.approx(np.sqrt(2.0 * 2.2))
     assert out.loc[("other", "a"), "median_s"] == pytest.approx(5.0)  # another task: apart
     assert list(out["repeats_measured"]) == [3, 3, 2, 1]
+    assert list(out["models"]) == [["m1", "m2"]] * 3 + [["m3"]]  # what either database knew
 
 
 def synthetic_frame() -> pd.DataFrame:
