@@ -43,7 +43,6 @@ class TrainConfig:
     clip_norm: float = 1.0
     regression_weight: float = 0.1
     margin: float = 0.01  # log-latency differences below this count as ties (1%)
-    average_decay: float = 0.0  # > 0: the model keeps this exponential moving average of the parameters
     seed: int = 0
 
 
@@ -148,19 +147,16 @@ def train(data: Dataset, *, config: TrainConfig = TrainConfig(), model_config: G
     rng = np.random.default_rng(config.seed)
     start, recent = time.perf_counter(), []
     floors = _floors(data, config)
-    average = state.params
-    blend = jax.jit(lambda avg, new: optax.incremental_update(new, avg, 1.0 - config.average_decay))
     for i in range(config.steps):
         graphs, y, group = _sample_batch(data, rng, config, y_mean, y_std, floors)
         state, loss = step(state, graphs, y, group)
-        average = blend(average, state.params) if config.average_decay else state.params
         recent.append(float(loss))
         if log and (i + 1) % max(config.steps // 10, 1) == 0:
             log(f"step {i + 1}/{config.steps}: loss {np.mean(recent):.4f} ({time.perf_counter() - start:.0f} s)")
             recent = []
     meta = {"trained_on": {"samples": len(data.graphs), "groups": int(len(set(data.group.tolist())))},
             "train_config": {k: v for k, v in vars(config).items()}}
-    return GNNModel(average, model_config, y_mean=y_mean, y_std=y_std, meta=meta)
+    return GNNModel(state.params, model_config, y_mean=y_mean, y_std=y_std, meta=meta)
 
 
 class FineTuner:
