@@ -24,7 +24,7 @@ import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from autofuse.ops.internal import winograd_tiles
-from autofuse.rewrite.algorithm import F4_MIN_TILES
+from autofuse.rewrite.algorithm import tile_by_size
 
 PACKED_WINOGRAD_TILE = 2  # PackedWinogradNHWC computes F(2x2, 3x3)
 
@@ -52,8 +52,7 @@ def winograd_tile(algorithm: str, out_shape: Sequence[Any]) -> int:
     if algorithm.startswith("winograd_f") and algorithm[10:11].isdigit():
         return int(algorithm[10])
     if algorithm == "winograd_3x3":
-        n, ho, wo = (_ints(out_shape) + [1, 1, 1, 1])[:3]
-        return 4 if n * winograd_tiles(ho, 4) * winograd_tiles(wo, 4) >= F4_MIN_TILES else 2
+        return tile_by_size(tuple(_ints(out_shape) + [1, 1, 1]))
     return 0
 
 

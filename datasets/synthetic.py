@@ -9,14 +9,14 @@ synth:cnn-0 ...`), and written once under `$AUTOFUSE_CACHE/synthetic`:
 * `cnn`: a chain of 3x3, 1x1 and depthwise convolutions (bias, ReLU) with
   channel counts and image sizes drawn from what vision models use, max-pooling
   between some layers;
-* `mlp`: a chain of matrix products with bias and ReLU or GELU over a
-  [1, tokens, features] input, sizes drawn from what transformers use.
+* `mlp`: a chain of matrix products with bias (MatMul + Add over [1, tokens,
+  features], or Gemm over [tokens, features]) and ReLU, Tanh or Sigmoid, sizes
+  drawn from what transformers use.
 
 They are training data only; the cost model is evaluated on the zoo.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,10 @@ def parse(name: str) -> tuple[str, int]:
 
 def synthetic_path(name: str) -> Path:
     """The model file of a synthetic name, written on first use."""
+    from autofuse.datasets.zoo import cache_root
+
     family, seed = parse(name)
-    root = os.environ.get("AUTOFUSE_CACHE") or Path.home() / ".cache" / "autofuse"
-    path = Path(root) / "synthetic" / f"{family}-{seed}-v{VERSION}.onnx"
+    path = cache_root() / "synthetic" / f"{family}-{seed}-v{VERSION}.onnx"
     if not path.is_file():
         import onnx
 

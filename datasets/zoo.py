@@ -91,10 +91,14 @@ def light_path(name: str) -> Path:
     )
 
 
+def cache_root() -> Path:
+    """autofuse's cache folder: `$AUTOFUSE_CACHE`, default `~/.cache/autofuse`."""
+    return Path(os.environ.get("AUTOFUSE_CACHE") or Path.home() / ".cache" / "autofuse")
+
+
 def cache_dir() -> Path:
     """The folder of materialised zoo models."""
-    root = os.environ.get("AUTOFUSE_CACHE") or Path.home() / ".cache" / "autofuse"
-    return Path(root) / "zoo"
+    return cache_root() / "zoo"
 
 
 def zoo_path(name: str, seed: int = 0) -> Path:

@@ -193,12 +193,6 @@ def _winograd(tile: int) -> Callable[[Match, View], Replacement]:
     return rewrite
 
 
-def winograd_tile_count(view: View, conv: Node, tile: int) -> int:
-    """How many output tiles a Winograd form of `conv` computes."""
-    n, ho, wo, _ = view.shape(conv.outputs[0])
-    return n * winograd_tiles(ho, tile) * winograd_tiles(wo, tile)
-
-
 WINOGRAD_F2 = Rule("winograd_f2x2_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd(2))
 WINOGRAD_F4 = Rule("winograd_f4x4_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd(4))
 
@@ -209,9 +203,14 @@ WINOGRAD_F4 = Rule("winograd_f4x4_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, 
 F4_MIN_TILES = 32
 
 
+def tile_by_size(out_shape: tuple[int, ...]) -> int:
+    """The output tile `winograd_3x3` picks for a ConvNHWC output of shape (N, Ho, Wo, C)."""
+    n, ho, wo = out_shape[:3]
+    return 4 if n * winograd_tiles(ho, 4) * winograd_tiles(wo, 4) >= F4_MIN_TILES else 2
+
+
 def _winograd_by_size(m: Match, view: View) -> Replacement:
-    tile = 4 if winograd_tile_count(view, m[0], 4) >= F4_MIN_TILES else 2
-    return _winograd(tile)(m, view)
+    return _winograd(tile_by_size(view.shape(m[0].outputs[0])))(m, view)
 
 
 WINOGRAD_3X3 = Rule("winograd_3x3", FAMILY, frozenset({"ConvNHWC"}), _root, _check_winograd, _winograd_by_size)
